@@ -1,0 +1,161 @@
+//! The catalog in JetStream KV, and the watch that keeps services current.
+//!
+//! The whole catalog is one JSON value under one key, so an apply is a single
+//! compare-and-set: all-or-nothing, and two concurrent writers cannot interleave (the
+//! loser sees [`Error::Conflict`]). Services hold a `watch::Receiver` of the latest
+//! valid snapshot and rebuild their derived state when it changes.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::jetstream::{
+    self,
+    kv::{self, Operation},
+};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::Catalog;
+use crate::{Error, shutdown::Shutdown};
+
+/// KV bucket holding the catalog.
+pub const BUCKET: &str = "switchyard-catalog";
+const KEY: &str = "catalog";
+
+/// A catalog as read from KV, with the revision it was read at (0: never written).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The catalog.
+    pub catalog: Catalog,
+    /// KV revision of the stored value; pass it back to [`CatalogStore::save`].
+    pub revision: u64,
+}
+
+/// Reads, writes and watches the catalog.
+#[derive(Clone)]
+pub struct CatalogStore {
+    kv: kv::Store,
+}
+
+impl CatalogStore {
+    /// Opens the catalog bucket created by `ensure_topology`.
+    pub async fn open(jetstream: &jetstream::Context) -> Result<Self, Error> {
+        let kv = jetstream.get_key_value(BUCKET).await.map_err(|err| {
+            Error::Nats(format!(
+                "cannot open KV bucket {BUCKET} (has the topology been created?): {err}"
+            ))
+        })?;
+        Ok(Self { kv })
+    }
+
+    /// Reads the current catalog; an empty one at revision 0 when none was written.
+    pub async fn load(&self) -> Result<Snapshot, Error> {
+        let entry = self.kv.entry(KEY).await.map_err(Error::nats)?;
+        match entry {
+            Some(entry) => decode(&entry),
+            None => Ok(Snapshot::default()),
+        }
+    }
+
+    /// Stores `catalog` if the stored revision is still `expected`; returns the new
+    /// revision. The caller validates first.
+    pub async fn save(&self, catalog: &Catalog, expected: u64) -> Result<u64, Error> {
+        let value = serde_json::to_vec(catalog).expect("a catalog always serializes");
+        let result = if expected == 0 {
+            self.kv.create(KEY, value.into()).await.map_err(|err| {
+                (
+                    err.kind() == kv::CreateErrorKind::AlreadyExists,
+                    err.to_string(),
+                )
+            })
+        } else {
+            self.kv
+                .update(KEY, value.into(), expected)
+                .await
+                .map_err(|err| {
+                    (
+                        err.kind() == kv::UpdateErrorKind::WrongLastRevision,
+                        err.to_string(),
+                    )
+                })
+        };
+        match result {
+            Ok(revision) => Ok(revision),
+            Err((true, _)) => Err(Error::Conflict {
+                expected,
+                actual: self.load().await?.revision,
+            }),
+            Err((false, message)) => Err(Error::Nats(message)),
+        }
+    }
+
+    /// Follows the catalog: the receiver always holds the latest valid snapshot. The
+    /// watch task stops with `shutdown` and re-subscribes by itself after errors.
+    pub async fn watch(
+        &self,
+        shutdown: &Shutdown,
+    ) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
+        let initial = self.load().await?;
+        let (sender, receiver) = watch::channel(Arc::new(initial));
+        let kv = self.kv.clone();
+        let stop = shutdown.clone();
+        shutdown.spawn("catalog-watch", async move {
+            while !stop.is_shutting_down() {
+                let mut updates = match kv.watch(KEY).await {
+                    Ok(updates) => updates,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "catalog watch failed; retrying");
+                        stop.sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    let entry = tokio::select! {
+                        () = stop.cancelled() => return Ok::<(), Error>(()),
+                        entry = updates.next() => entry,
+                    };
+                    let entry = match entry {
+                        Some(Ok(entry)) => entry,
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "catalog watch interrupted; re-subscribing");
+                            break;
+                        }
+                        None => break,
+                    };
+                    if entry.revision <= sender.borrow().revision {
+                        continue;
+                    }
+                    match decode(&entry) {
+                        Ok(snapshot) => {
+                            tracing::info!(revision = snapshot.revision, "catalog changed");
+                            sender.send_replace(Arc::new(snapshot));
+                        }
+                        Err(err) => tracing::error!(
+                            revision = entry.revision,
+                            error = %err,
+                            "ignoring an invalid catalog in KV; keeping the previous one"
+                        ),
+                    }
+                }
+                stop.sleep(Duration::from_millis(200)).await;
+            }
+            Ok(())
+        });
+        Ok(receiver)
+    }
+}
+
+fn decode(entry: &kv::Entry) -> Result<Snapshot, Error> {
+    if matches!(entry.operation, Operation::Delete | Operation::Purge) {
+        return Ok(Snapshot {
+            catalog: Catalog::default(),
+            revision: entry.revision,
+        });
+    }
+    let catalog: Catalog = serde_json::from_slice(&entry.value)
+        .map_err(|err| Error::Config(format!("stored catalog is not valid: {err}")))?;
+    catalog.validate()?;
+    Ok(Snapshot {
+        catalog,
+        revision: entry.revision,
+    })
+}

@@ -1,0 +1,388 @@
+//! Typed settings shared by every service.
+//!
+//! Settings come from built-in defaults, then an optional YAML file (`--config FILE`),
+//! then `SWITCHYARD__SECTION__KEY` environment variables. Unknown keys are rejected and
+//! every value is validated once, at start-up, with a message naming the key.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Everything a Switchyard process can be configured with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// How to reach NATS.
+    pub nats: NatsSettings,
+    /// Stream and bucket limits applied by `ensure_topology`.
+    pub topology: TopologySettings,
+    /// Logging and tracing.
+    pub telemetry: TelemetrySettings,
+    /// The HTTP ingest service.
+    pub ingest: IngestSettings,
+    /// The transform service.
+    pub transform: TransformSettings,
+    /// The delivery service.
+    pub delivery: DeliverySettings,
+    /// The gRPC control service.
+    pub control: ControlSettings,
+    /// `switchyard dev`, the all-in-one laptop mode.
+    pub dev: DevSettings,
+    /// Where secrets referenced by name are read from.
+    pub secrets: SecretsSettings,
+}
+
+/// Where secrets referenced by name are read from: `<dir>/<name>`, then the
+/// environment variable `<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsSettings {
+    /// Directory of mounted secret files.
+    pub dir: PathBuf,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("/run/secrets/switchyard"),
+        }
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Optional NATS credentials file (JWT + NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// Name this connection reports to the server (defaults to the service name).
+    pub connection_name: Option<String>,
+    /// How long to wait for the first connection before failing start-up.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout of JetStream API requests and publish acknowledgements.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+}
+
+/// Limits of the streams and buckets that `ensure_topology` creates or reconciles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopologySettings {
+    /// Replicas of every stream and bucket (1 on a laptop, 3 in a cluster).
+    pub replicas: usize,
+    /// How long INGEST keeps raw events for replay.
+    #[serde(with = "humantime_serde")]
+    pub ingest_max_age: Duration,
+    /// Window in which a repeated `Nats-Msg-Id` is dropped as a duplicate.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Size cap of DELIVER; when full, publishing fails and back-pressure reaches INGEST.
+    pub deliver_max_bytes: i64,
+    /// How long DLQ keeps dead letters; `0s` keeps them until purged.
+    #[serde(with = "humantime_serde")]
+    pub dlq_max_age: Duration,
+    /// How long OUTCOMES keeps the attempt log.
+    #[serde(with = "humantime_serde")]
+    pub outcomes_max_age: Duration,
+    /// How long a delivered idempotency key is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_horizon: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for production.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Pretty,
+}
+
+/// Logging and tracing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// `json` or `pretty`.
+    pub log_format: LogFormat,
+    /// Default log filter when `RUST_LOG` is not set, e.g. `info,switchyard=debug`.
+    pub log_level: String,
+}
+
+/// The HTTP ingest service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// Address of the public HTTP listener.
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+}
+
+/// The transform service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformSettings {
+    /// Ingest messages being processed at once (their outputs awaiting publish acks).
+    pub max_in_flight: usize,
+    /// How long the server waits for an ack before redelivering an ingest message.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+}
+
+/// The delivery service.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// The provider this process delivers to (`--provider` on the command line).
+    pub provider: Option<String>,
+}
+
+/// The gRPC control service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSettings {
+    /// Address of the gRPC listener.
+    pub listen: SocketAddr,
+}
+
+/// `switchyard dev`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSettings {
+    /// Catalog applied at start-up.
+    pub catalog: Option<PathBuf>,
+    /// Where the local nats-server keeps its store when no NATS URL is given.
+    pub store_dir: PathBuf,
+    /// Address of the built-in echo provider that logs every delivery.
+    pub echo_listen: SocketAddr,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials_file: None,
+            connection_name: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            ingest_max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            deliver_max_bytes: 1 << 30,
+            dlq_max_age: Duration::ZERO,
+            outcomes_max_age: Duration::from_secs(7 * 24 * 3600),
+            idempotency_horizon: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 8080).into(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for TransformSettings {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1024,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 50051).into(),
+        }
+    }
+}
+
+impl Default for DevSettings {
+    fn default() -> Self {
+        Self {
+            catalog: None,
+            store_dir: PathBuf::from(".switchyard"),
+            echo_listen: ([127, 0, 0, 1], 9999).into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` when given, then `SWITCHYARD__*` variables from the
+    /// process environment, and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests need no `set_var`.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, Error> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(Error::Config(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Yaml));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("SWITCHYARD__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("SWITCHYARD")
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|err| Error::Config(err.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values that parse but cannot work, naming the key.
+    pub fn validate(&self) -> Result<(), Error> {
+        let fail = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
+        if self.nats.url.trim().is_empty() {
+            return fail("nats.url", "must not be empty");
+        }
+        if !(1..=5).contains(&self.topology.replicas) {
+            return fail("topology.replicas", "must be between 1 and 5");
+        }
+        if self.topology.duplicate_window.is_zero() {
+            return fail("topology.duplicate_window", "must be longer than 0s");
+        }
+        if self.topology.duplicate_window > self.topology.ingest_max_age {
+            return fail(
+                "topology.duplicate_window",
+                "must not be longer than topology.ingest_max_age",
+            );
+        }
+        if self.topology.deliver_max_bytes == 0 || self.topology.deliver_max_bytes < -1 {
+            return fail(
+                "topology.deliver_max_bytes",
+                "must be positive or -1 (no cap)",
+            );
+        }
+        if self.topology.idempotency_horizon.is_zero() {
+            return fail("topology.idempotency_horizon", "must be longer than 0s");
+        }
+        if self.ingest.max_body_bytes == 0 {
+            return fail("ingest.max_body_bytes", "must be positive");
+        }
+        if self.transform.max_in_flight == 0 {
+            return fail("transform.max_in_flight", "must be positive");
+        }
+        if self.transform.ack_wait < Duration::from_secs(1) {
+            return fail("transform.ack_wait", "must be at least 1s");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let settings = Settings::load_from(None, env(&[])).unwrap();
+        assert_eq!(settings.nats.url, "nats://127.0.0.1:4222");
+        assert_eq!(settings.topology.replicas, 1);
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        writeln!(
+            file,
+            "nats:\n  url: nats://file:4222\ningest:\n  max_body_bytes: 2048\n"
+        )
+        .unwrap();
+        let settings = Settings::load_from(
+            Some(file.path()),
+            env(&[
+                ("SWITCHYARD__NATS__URL", "nats://env:4222"),
+                ("SWITCHYARD__TOPOLOGY__DUPLICATE_WINDOW", "30s"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.nats.url, "nats://env:4222");
+        assert_eq!(settings.ingest.max_body_bytes, 2048);
+        assert_eq!(settings.topology.duplicate_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = Settings::load_from(None, env(&[("SWITCHYARD__NATS__ULR", "x")])).unwrap_err();
+        assert!(err.to_string().contains("ulr"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err =
+            Settings::load_from(None, env(&[("SWITCHYARD__TOPOLOGY__REPLICAS", "7")])).unwrap_err();
+        assert!(err.to_string().contains("topology.replicas"), "{err}");
+        let err = Settings::load_from(
+            None,
+            env(&[("SWITCHYARD__TOPOLOGY__INGEST_MAX_AGE", "soon")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ingest_max_age"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err =
+            Settings::load_from(Some(Path::new("/nonexistent/sy.yaml")), env(&[])).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/sy.yaml"), "{err}");
+    }
+}

@@ -1,0 +1,21 @@
+//! Shared foundation of every Switchyard service.
+//!
+//! Each service crate builds on these pieces instead of growing its own: typed
+//! settings, telemetry, the NATS connection and JetStream topology, the message
+//! header contract with W3C trace context, the catalog stored in KV and its watch,
+//! VRL mappings, and the shutdown that every task obeys.
+
+#![forbid(unsafe_code)]
+
+pub mod catalog;
+pub mod config;
+mod error;
+pub mod headers;
+pub mod mapping;
+pub mod nats;
+pub mod secrets;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;
+
+pub use error::Error;

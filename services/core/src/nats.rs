@@ -1,0 +1,67 @@
+//! The NATS connection every service shares.
+//!
+//! Connecting retries until `nats.connect_timeout` so services can start before NATS
+//! is ready; once connected, the client reconnects forever and logs each change.
+
+use std::time::Duration;
+
+use async_nats::{Client, ConnectOptions, Event, jetstream};
+
+use crate::{Error, config::NatsSettings};
+
+/// A connected client and its JetStream context.
+#[derive(Clone)]
+pub struct Nats {
+    /// Core NATS client.
+    pub client: Client,
+    /// JetStream context with the configured request timeout.
+    pub jetstream: jetstream::Context,
+}
+
+/// Connects to NATS as `service`, retrying until the configured connect timeout.
+pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Error> {
+    let name = settings
+        .connection_name
+        .clone()
+        .unwrap_or_else(|| format!("switchyard-{service}"));
+    let deadline = tokio::time::Instant::now() + settings.connect_timeout;
+    let mut delay = Duration::from_millis(100);
+    let client = loop {
+        let mut options = ConnectOptions::new()
+            .name(&name)
+            .max_reconnects(None)
+            .connection_timeout(settings.connect_timeout.min(Duration::from_secs(5)))
+            .request_timeout(Some(settings.request_timeout))
+            .event_callback(|event| async move {
+                match event {
+                    Event::Connected => tracing::info!("NATS connection restored"),
+                    Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
+                    Event::ClientError(err) => tracing::warn!(error = %err, "NATS client error"),
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            });
+        if let Some(file) = &settings.credentials_file {
+            options = options.credentials_file(file).await.map_err(|err| {
+                Error::Config(format!("nats.credentials_file {}: {err}", file.display()))
+            })?;
+        }
+        match options.connect(settings.url.as_str()).await {
+            Ok(client) => break client,
+            Err(err) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::info!(url = %settings.url, error = %err, "waiting for NATS");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                return Err(Error::Nats(format!(
+                    "cannot connect to {} within {:?}: {err}",
+                    settings.url, settings.connect_timeout
+                )));
+            }
+        }
+    };
+    let jetstream = jetstream::ContextBuilder::new()
+        .timeout(settings.request_timeout)
+        .build(client.clone());
+    Ok(Nats { client, jetstream })
+}

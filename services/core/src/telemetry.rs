@@ -1,0 +1,102 @@
+//! Logging and tracing for every service.
+//!
+//! Spans always get real trace and span ids, so `traceparent` flows through NATS
+//! headers even when nothing is exported. Spans are exported over OTLP/gRPC (Jaeger
+//! accepts it) only when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set; sampling follows `OTEL_TRACES_SAMPLER`.
+//! Keep the returned [`Guard`] alive: dropping it flushes pending spans.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+use crate::{
+    Error,
+    config::{LogFormat, TelemetrySettings},
+};
+
+/// Flushes and stops the tracer provider when dropped.
+#[must_use = "dropping the guard stops tracing"]
+pub struct Guard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Err(err) = self.provider.shutdown() {
+            eprintln!("flushing spans failed: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber and tracer provider for `service` (e.g. `ingest`).
+/// Must run inside a Tokio runtime (the OTLP exporter uses it).
+pub fn init(settings: &TelemetrySettings, service: &str) -> Result<Guard, Error> {
+    let provider = tracer_provider(service)?;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .map_err(|err| Error::Config(format!("telemetry.log_level: {err}")))?;
+    let fmt = match settings.log_format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")))
+        .try_init()
+        .map_err(|err| Error::Config(format!("telemetry already initialised: {err}")))?;
+    Ok(Guard { provider })
+}
+
+/// Installs a subscriber that writes to the test harness's captured output; safe to
+/// call from every test.
+pub fn init_for_tests() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let provider = SdkTracerProvider::builder().build();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let filter = EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("warn,switchyard=info"));
+        let _ = tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .compact()
+                    .with_test_writer(),
+            )
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")))
+            .try_init();
+        opentelemetry::global::set_tracer_provider(provider);
+    });
+}
+
+fn tracer_provider(service: &str) -> Result<SdkTracerProvider, Error> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(format!("switchyard-{service}"));
+    }
+    let mut builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if export_configured() {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .map_err(|err| Error::Config(format!("OTLP exporter: {err}")))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}
+
+fn export_configured() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
+    let disabled = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|value| value == "none");
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
