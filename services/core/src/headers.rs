@@ -92,8 +92,13 @@ pub fn extract_context(headers: Option<&HeaderMap>) -> Context {
 
 /// Writes the current span's trace context into `headers`.
 pub fn inject_current(headers: &mut HeaderMap) {
+    inject_span(&tracing::Span::current(), headers);
+}
+
+/// Writes `span`'s trace context into `headers`.
+pub fn inject_span(span: &tracing::Span, headers: &mut HeaderMap) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    inject_context(&tracing::Span::current().context(), headers);
+    inject_context(&span.context(), headers);
 }
 
 /// Makes the span a child of the trace context carried by `headers`.

@@ -9,8 +9,11 @@
 
 pub mod catalog;
 pub mod config;
+pub mod consumer;
 mod error;
+pub mod event;
 pub mod headers;
+pub mod local_server;
 pub mod mapping;
 pub mod nats;
 pub mod secrets;

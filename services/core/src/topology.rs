@@ -5,8 +5,10 @@
 //! cannot (a retention or storage change needs an operator). It never leaves a
 //! mismatch unreported.
 
+use std::time::Duration;
+
 use async_nats::jetstream::{
-    self, kv,
+    self,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
@@ -82,11 +84,11 @@ pub async fn ensure_topology(
     settings: &TopologySettings,
 ) -> Result<Vec<Reconciled>, Error> {
     let mut report = Vec::new();
-    for config in stream_configs(settings) {
+    for config in stream_configs(settings)
+        .into_iter()
+        .chain(bucket_configs(settings))
+    {
         report.push(reconcile_stream(js, config).await?);
-    }
-    for config in bucket_configs(settings) {
-        report.push(reconcile_bucket(js, config).await?);
     }
     for line in &report {
         match line {
@@ -107,6 +109,10 @@ pub fn stream_configs(settings: &TopologySettings) -> Vec<stream::Config> {
         storage: StorageType::File,
         num_replicas: settings.replicas,
         duplicate_window: settings.duplicate_window,
+        max_bytes: UNLIMITED,
+        max_messages: UNLIMITED,
+        max_messages_per_subject: UNLIMITED,
+        max_consumers: -1,
         ..Default::default()
     };
     vec![
@@ -143,30 +149,73 @@ pub fn stream_configs(settings: &TopologySettings) -> Vec<stream::Config> {
     ]
 }
 
-/// The KV buckets as this version wants them.
-pub fn bucket_configs(settings: &TopologySettings) -> Vec<kv::Config> {
-    let base = |bucket: &str, description: &str| kv::Config {
-        bucket: bucket.to_owned(),
-        description: description.to_owned(),
-        history: 1,
-        storage: StorageType::File,
-        num_replicas: settings.replicas,
-        ..Default::default()
+/// The KV buckets, as the streams that back them.
+///
+/// Buckets are created as streams directly: async-nats creates buckets after an
+/// account-info request whose 2.9 answer it cannot parse, and the minimum server we
+/// support is 2.9. The stream settings are those every NATS client uses for a bucket.
+pub fn bucket_configs(settings: &TopologySettings) -> Vec<stream::Config> {
+    let bucket = |name: &str, description: &str, history: i64, max_age: Duration| {
+        let default_window = Duration::from_secs(120);
+        stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            description: Some(description.to_owned()),
+            max_messages_per_subject: history,
+            max_bytes: UNLIMITED,
+            max_messages: UNLIMITED,
+            max_consumers: -1,
+            max_age,
+            storage: StorageType::File,
+            num_replicas: settings.replicas,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: DiscardPolicy::New,
+            duplicate_window: if max_age.is_zero() {
+                default_window
+            } else {
+                default_window.min(max_age)
+            },
+            ..Default::default()
+        }
     };
     vec![
-        kv::Config {
-            history: 16,
-            ..base(catalog::BUCKET, "Switchyard: the catalog")
-        },
-        kv::Config {
-            max_age: settings.idempotency_horizon,
-            ..base(DELIVERED_BUCKET, "Switchyard: delivered idempotency keys")
-        },
-        base(BREAKERS_BUCKET, "Switchyard: circuit breaker state"),
-        base(CURSORS_BUCKET, "Switchyard: poll cursors"),
-        base(LEASES_BUCKET, "Switchyard: leases of active replicas"),
+        bucket(
+            catalog::BUCKET,
+            "Switchyard: the catalog",
+            16,
+            Duration::ZERO,
+        ),
+        bucket(
+            DELIVERED_BUCKET,
+            "Switchyard: delivered idempotency keys",
+            1,
+            settings.idempotency_horizon,
+        ),
+        bucket(
+            BREAKERS_BUCKET,
+            "Switchyard: circuit breaker state",
+            1,
+            Duration::ZERO,
+        ),
+        bucket(
+            CURSORS_BUCKET,
+            "Switchyard: poll cursors",
+            1,
+            Duration::ZERO,
+        ),
+        bucket(
+            LEASES_BUCKET,
+            "Switchyard: leases of active replicas",
+            1,
+            Duration::ZERO,
+        ),
     ]
 }
+
+/// The server's spelling of "no limit".
+const UNLIMITED: i64 = -1;
 
 async fn reconcile_stream(
     js: &jetstream::Context,
@@ -231,6 +280,7 @@ fn merge_stream(have: stream::Config, want: stream::Config) -> stream::Config {
         retention: want.retention,
         max_age: want.max_age,
         max_bytes: want.max_bytes,
+        max_messages_per_subject: want.max_messages_per_subject,
         discard: want.discard,
         num_replicas: want.num_replicas,
         duplicate_window: want.duplicate_window,
@@ -290,67 +340,8 @@ pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<S
     diffs
 }
 
-async fn reconcile_bucket(js: &jetstream::Context, want: kv::Config) -> Result<Reconciled, Error> {
-    let name = want.bucket.clone();
-    let stream_name = format!("KV_{name}");
-    let mut stream = match js.get_stream(&stream_name).await {
-        Ok(stream) => stream,
-        Err(err) if is_not_found(&err) => {
-            js.create_key_value(want)
-                .await
-                .map_err(|err| Error::Topology(format!("cannot create KV bucket {name}: {err}")))?;
-            return Ok(Reconciled::Created(name));
-        }
-        Err(err) => {
-            return Err(Error::Nats(format!(
-                "cannot look up KV bucket {name}: {err}"
-            )));
-        }
-    };
-    let have = stream
-        .info()
-        .await
-        .map_err(|err| Error::Nats(format!("cannot read KV bucket {name}: {err}")))?
-        .config
-        .clone();
-    let mut diffs = Vec::new();
-    if have.max_messages_per_subject != want.history {
-        diffs.push(format!(
-            "history: {} -> {}",
-            have.max_messages_per_subject, want.history
-        ));
-    }
-    if have.max_age != want.max_age {
-        diffs.push(format!("max_age: {:?} -> {:?}", have.max_age, want.max_age));
-    }
-    if have.num_replicas != want.num_replicas {
-        diffs.push(format!(
-            "replicas: {} -> {}",
-            have.num_replicas, want.num_replicas
-        ));
-    }
-    if have.storage != want.storage {
-        return Err(Error::Topology(format!(
-            "KV bucket {name} uses {:?} storage, this version needs {:?}; it cannot be changed in place",
-            have.storage, want.storage
-        )));
-    }
-    if diffs.is_empty() {
-        return Ok(Reconciled::Unchanged(name));
-    }
-    js.update_key_value(want).await.map_err(|err| {
-        Error::Topology(format!(
-            "KV bucket {name} differs ({}) and the server refused the update: {err}",
-            diffs.join(", ")
-        ))
-    })?;
-    Ok(Reconciled::Updated(name, diffs))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]

@@ -1,0 +1,180 @@
+//! `switchyard.v1.CatalogService`: get, list and apply catalog resources.
+
+use serde_json::Value as Json;
+use switchyard_core::{
+    Error as CoreError,
+    catalog::{Action, Catalog, CatalogStore, Kind, MappingRef},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert::json_to_struct,
+    proto::{
+        self, ApplyRequest, ApplyResponse, ChangeAction, GetResourceRequest, ListResourcesRequest,
+        ListResourcesResponse, Resource, ResourceKind, catalog_service_server::CatalogService,
+    },
+};
+
+/// The catalog API over the KV store.
+#[derive(Clone)]
+pub struct CatalogApi {
+    store: CatalogStore,
+}
+
+impl CatalogApi {
+    /// Serves the catalog in `store`.
+    pub fn new(store: CatalogStore) -> Self {
+        Self { store }
+    }
+}
+
+/// Maps a core error to the gRPC code that tells the caller what to do.
+pub(crate) fn status(err: CoreError) -> Status {
+    match err {
+        CoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
+        CoreError::Conflict { .. } => Status::aborted(err.to_string()),
+        CoreError::Nats(_) => Status::unavailable(err.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn kind_of(kind: ResourceKind) -> Option<Kind> {
+    match kind {
+        ResourceKind::Unspecified => None,
+        ResourceKind::Source => Some(Kind::Source),
+        ResourceKind::Provider => Some(Kind::Provider),
+        ResourceKind::Mapping => Some(Kind::Mapping),
+        ResourceKind::Route => Some(Kind::Route),
+    }
+}
+
+fn proto_kind(kind: Kind) -> ResourceKind {
+    match kind {
+        Kind::Source => ResourceKind::Source,
+        Kind::Provider => ResourceKind::Provider,
+        Kind::Mapping => ResourceKind::Mapping,
+        Kind::Route => ResourceKind::Route,
+    }
+}
+
+/// Every resource of `catalog`, optionally of one kind, in catalog order.
+fn resources(catalog: &Catalog, only: Option<Kind>) -> Vec<Resource> {
+    let mut out = Vec::new();
+    let mut push = |kind: Kind, name: String, spec: Json| {
+        if only.is_none_or(|only| only == kind) {
+            out.push(Resource {
+                kind: proto_kind(kind) as i32,
+                name,
+                spec: Some(json_to_struct(spec)),
+            });
+        }
+    };
+    for source in &catalog.sources {
+        push(Kind::Source, source.name.clone(), to_json(source));
+    }
+    for provider in &catalog.providers {
+        push(Kind::Provider, provider.name.clone(), to_json(provider));
+    }
+    for mapping in &catalog.mappings {
+        push(
+            Kind::Mapping,
+            mapping.reference().to_string(),
+            to_json(mapping),
+        );
+    }
+    for route in &catalog.routes {
+        push(Kind::Route, route.name.clone(), to_json(route));
+    }
+    out
+}
+
+fn to_json(resource: &impl serde::Serialize) -> Json {
+    serde_json::to_value(resource).expect("catalog resources serialize")
+}
+
+#[tonic::async_trait]
+impl CatalogService for CatalogApi {
+    async fn get_resource(
+        &self,
+        request: Request<GetResourceRequest>,
+    ) -> Result<Response<Resource>, Status> {
+        let request = request.into_inner();
+        let kind =
+            kind_of(request.kind()).ok_or_else(|| Status::invalid_argument("kind: must be set"))?;
+        if kind == Kind::Mapping {
+            request
+                .name
+                .parse::<MappingRef>()
+                .map_err(|err| Status::invalid_argument(format!("name: {err}")))?;
+        }
+        let snapshot = self.store.load().await.map_err(status)?;
+        resources(&snapshot.catalog, Some(kind))
+            .into_iter()
+            .find(|resource| resource.name == request.name)
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no {kind} named {:?}", request.name)))
+    }
+
+    async fn list_resources(
+        &self,
+        request: Request<ListResourcesRequest>,
+    ) -> Result<Response<ListResourcesResponse>, Status> {
+        let only = kind_of(request.into_inner().kind());
+        let snapshot = self.store.load().await.map_err(status)?;
+        Ok(Response::new(ListResourcesResponse {
+            resources: resources(&snapshot.catalog, only),
+            revision: snapshot.revision,
+        }))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<ApplyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        let request = request.into_inner();
+        let bundle = Catalog::parse_yaml(&request.document)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let current = self.store.load().await.map_err(status)?;
+        if request.expected_revision != 0 && request.expected_revision != current.revision {
+            return Err(status(CoreError::Conflict {
+                expected: request.expected_revision,
+                actual: current.revision,
+            }));
+        }
+        let (next, changes) = current
+            .catalog
+            .apply(&bundle, request.prune)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let changed = changes
+            .iter()
+            .any(|change| change.action != Action::Unchanged);
+        let revision = if request.dry_run || !changed {
+            current.revision
+        } else {
+            let revision = self
+                .store
+                .save(&next, current.revision)
+                .await
+                .map_err(status)?;
+            tracing::info!(revision, changes = changes.len(), "catalog applied");
+            revision
+        };
+        Ok(Response::new(ApplyResponse {
+            changes: changes
+                .into_iter()
+                .map(|change| proto::Change {
+                    kind: proto_kind(change.kind) as i32,
+                    name: change.name,
+                    action: match change.action {
+                        Action::Create => ChangeAction::Create,
+                        Action::Update => ChangeAction::Update,
+                        Action::Delete => ChangeAction::Delete,
+                        Action::Unchanged => ChangeAction::Unchanged,
+                    } as i32,
+                })
+                .collect(),
+            revision,
+            dry_run: request.dry_run,
+        }))
+    }
+}

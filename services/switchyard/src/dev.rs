@@ -1,0 +1,251 @@
+//! `switchyard dev`: ingest, transform, control, one delivery per provider and a local
+//! echo provider, all in this process, against a NATS server it starts itself (with
+//! its store under `.switchyard/`) unless `--nats-url` names one.
+
+use std::{collections::HashSet, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, extract::Request, http::StatusCode};
+use switchyard_core::{
+    catalog::{Action, Catalog, CatalogStore},
+    config::{LogFormat, Settings},
+    local_server::LocalNatsServer,
+    nats,
+    shutdown::Shutdown,
+    telemetry, topology,
+};
+use tokio::net::TcpListener;
+
+/// Options of `switchyard dev`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Use this NATS server instead of starting a local one.
+    #[arg(long, env = "SWITCHYARD_NATS_URL")]
+    nats_url: Option<String>,
+    /// Catalog file applied at start-up (overrides `dev.catalog`).
+    #[arg(long)]
+    catalog: Option<PathBuf>,
+    /// Log lines as JSON instead of for a terminal.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+/// Largest echoed body shown in the log.
+const ECHO_LOG_LIMIT: usize = 2048;
+
+pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
+    let mut settings = Settings::load(config.as_deref())?;
+    settings.telemetry.log_format = if args.json_logs {
+        LogFormat::Json
+    } else {
+        LogFormat::Pretty
+    };
+    let _guard = telemetry::init(&settings.telemetry, "dev")?;
+    let shutdown = Shutdown::new();
+    shutdown.listen_for_signals();
+
+    let _local_server = match args.nats_url {
+        Some(url) => {
+            settings.nats.url = url;
+            None
+        }
+        None => {
+            let store = settings.dev.store_dir.join("nats");
+            std::fs::create_dir_all(&store).with_context(|| store.display().to_string())?;
+            let port = port_is_free(4222).await.then_some(4222);
+            let server = LocalNatsServer::start(&store, port).await?;
+            tracing::info!(url = server.url(), store = %store.display(), "started a local nats-server");
+            settings.nats.url = server.url().to_owned();
+            Some(server)
+        }
+    };
+
+    let nats = nats::connect(&settings.nats, "dev").await?;
+    topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
+    let store = CatalogStore::open(&nats.jetstream).await?;
+    if let Some(path) = args.catalog.or_else(|| settings.dev.catalog.clone()) {
+        apply_file(&store, &path).await?;
+    }
+
+    let echo = bind(settings.dev.echo_listen, "dev.echo_listen").await?;
+    let ingest = bind(settings.ingest.listen, "ingest.listen").await?;
+    let control = bind(settings.control.listen, "control.listen").await?;
+    let ingest_address = ingest.local_addr()?;
+    let control_address = control.local_addr()?;
+    let echo_address = echo.local_addr()?;
+
+    shutdown.spawn("echo", serve_echo(echo, shutdown.clone()));
+    shutdown.spawn(
+        "ingest",
+        switchyard_ingest::run(settings.clone(), ingest, shutdown.clone()),
+    );
+    shutdown.spawn(
+        "transform",
+        switchyard_transform::run(settings.clone(), shutdown.clone()),
+    );
+    shutdown.spawn(
+        "control",
+        switchyard_control::run(settings.clone(), control, shutdown.clone()),
+    );
+    shutdown.spawn(
+        "deliveries",
+        supervise_deliveries(settings.clone(), store.clone(), shutdown.clone()),
+    );
+
+    let catalog = store.load().await?.catalog;
+    print_banner(
+        &catalog,
+        &settings.nats.url,
+        ingest_address,
+        control_address,
+        echo_address,
+    );
+    shutdown.wait(Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+async fn port_is_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).await.is_ok()
+}
+
+async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address).await.with_context(|| {
+        format!("{key} {address} cannot be bound (is another switchyard running?)")
+    })
+}
+
+/// Applies a catalog file on top of what is stored (nothing is deleted).
+async fn apply_file(store: &CatalogStore, path: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("catalog {}", path.display()))?;
+    let bundle =
+        Catalog::parse_yaml(&text).with_context(|| format!("catalog {}", path.display()))?;
+    let current = store.load().await?;
+    let (next, changes) = current
+        .catalog
+        .apply(&bundle, false)
+        .with_context(|| format!("catalog {}", path.display()))?;
+    if changes
+        .iter()
+        .all(|change| change.action == Action::Unchanged)
+    {
+        tracing::info!(catalog = %path.display(), "catalog already applied");
+        return Ok(());
+    }
+    let revision = store.save(&next, current.revision).await?;
+    for change in changes
+        .iter()
+        .filter(|change| change.action != Action::Unchanged)
+    {
+        tracing::info!(kind = %change.kind, name = change.name, action = ?change.action, "catalog");
+    }
+    tracing::info!(catalog = %path.display(), revision, "catalog applied");
+    Ok(())
+}
+
+/// Starts a delivery process for every provider in the catalog, now and as providers
+/// are added.
+async fn supervise_deliveries(
+    settings: Settings,
+    store: CatalogStore,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let mut catalog = store.watch(&shutdown).await?;
+    let mut running = HashSet::new();
+    loop {
+        let snapshot = catalog.borrow_and_update().clone();
+        for provider in &snapshot.catalog.providers {
+            if running.insert(provider.name.clone()) {
+                tracing::info!(provider = provider.name, "starting delivery");
+                let run = switchyard_delivery::run(
+                    settings.clone(),
+                    provider.name.clone(),
+                    shutdown.clone(),
+                );
+                shutdown.spawn("delivery", run);
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            changed = catalog.changed() => if changed.is_err() { return Ok(()) },
+        }
+    }
+}
+
+/// A provider that accepts everything and logs each delivery, so a first event is
+/// visibly delivered.
+async fn serve_echo(listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    let app = Router::new().fallback(|request: Request| async move {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("-")
+                .to_owned()
+        };
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        if text.len() > ECHO_LOG_LIMIT {
+            text.truncate(text.floor_char_boundary(ECHO_LOG_LIMIT));
+            text.push('…');
+        }
+        tracing::info!(
+            target: "switchyard::echo",
+            method = %parts.method,
+            path = %parts.uri.path(),
+            event_id = header("switchyard-event-id"),
+            route = header("switchyard-route"),
+            mapping = header("switchyard-mapping"),
+            idempotency_key = header("idempotency-key"),
+            body = text,
+            "echo provider received a delivery"
+        );
+        StatusCode::OK
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}
+
+fn print_banner(
+    catalog: &Catalog,
+    nats_url: &str,
+    ingest: std::net::SocketAddr,
+    control: std::net::SocketAddr,
+    echo: std::net::SocketAddr,
+) {
+    let host = |address: std::net::SocketAddr| {
+        if address.ip().is_unspecified() {
+            format!("127.0.0.1:{}", address.port())
+        } else {
+            address.to_string()
+        }
+    };
+    let mut banner = format!(
+        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{}\n  control   {} (gRPC; try `syctl get`)\n  echo      http://{} (logs every delivery)\n",
+        host(ingest),
+        host(control),
+        host(echo),
+    );
+    if let Some(route) = catalog.routes.first() {
+        let event_type = route
+            .event_types
+            .first()
+            .map_or("event".to_owned(), |pattern| {
+                pattern.replace('*', "created")
+            });
+        banner.push_str(&format!(
+            "\nSend an event:\n  curl -sS -X POST 'http://{}/v1/events/{}?type={event_type}' \\\n    -H 'Content-Type: application/json' -H 'Idempotency-Key: order-1001' \\\n    -d '{{\"id\":\"1001\",\"customer\":{{\"email\":\"Ada@Example.com\"}},\"total\":\"42.50\",\"currency\":\"eur\"}}'\n",
+            host(ingest),
+            route.source,
+        ));
+    } else {
+        banner.push_str("\nThe catalog has no routes yet: apply one with `syctl apply -f deploy/examples/quickstart.yaml`.\n");
+    }
+    println!("{banner}");
+}

@@ -1,0 +1,288 @@
+//! Switchyard transform: INGEST → route match → VRL mapping → DELIVER.
+//!
+//! Transform replicas share the durable consumer `transform` on INGEST. For each event
+//! every matching route's mapping runs, and the outputs are published to
+//! `deliver.<provider>.<route>` in ingest order with their publish acks pipelined; the
+//! ingest message is acked only after every output is stored. A mapping failure is
+//! permanent: the original goes to `dlq.<provider>` with the reason. A failed publish
+//! NAKs the ingest message so it is processed again; `Nats-Msg-Id` keeps the outputs
+//! that were already stored from being stored twice.
+
+#![forbid(unsafe_code)]
+
+mod routing;
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self, AckKind,
+        consumer::{AckPolicy, DeliverPolicy, pull},
+        context::PublishAckFuture,
+    },
+};
+use futures::{StreamExt, stream::FuturesUnordered};
+use switchyard_core::{
+    catalog::{CatalogStore, Snapshot},
+    config::Settings,
+    consumer::Subscription,
+    event, headers,
+    mapping::Output,
+    nats,
+    shutdown::Shutdown,
+    topology,
+};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::routing::Routing;
+
+/// Errors that stop the transform service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// NATS, topology or catalog set-up failed.
+    #[error(transparent)]
+    Core(#[from] switchyard_core::Error),
+}
+
+/// Delay before an ingest message whose outputs could not be stored is tried again.
+const REPUBLISH_DELAY: Duration = Duration::from_secs(1);
+
+/// Consumes INGEST until `shutdown` starts draining, then finishes what is in flight.
+pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
+    let nats = nats::connect(&settings.nats, "transform").await?;
+    topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
+    let catalog = CatalogStore::open(&nats.jetstream)
+        .await?
+        .watch(&shutdown)
+        .await?;
+    let max_in_flight = settings.transform.max_in_flight;
+    let config = pull::Config {
+        durable_name: Some(topology::TRANSFORM_CONSUMER.to_owned()),
+        description: Some("Switchyard transform replicas".to_owned()),
+        filter_subject: "ingest.>".to_owned(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: settings.transform.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: i64::try_from(max_in_flight * 2).unwrap_or(i64::MAX),
+        ..Default::default()
+    };
+    let mut subscription = Subscription::new(
+        &nats.jetstream,
+        topology::INGEST,
+        config,
+        max_in_flight.min(256),
+        &shutdown,
+    )
+    .await?;
+    let mut transform = Transform {
+        jetstream: nats.jetstream.clone(),
+        catalog,
+        routing: Routing::default(),
+    };
+    transform.refresh(true);
+    tracing::info!("transform consuming INGEST");
+
+    let mut in_flight: FuturesUnordered<Settle> = FuturesUnordered::new();
+    loop {
+        let (busy, full) = (!in_flight.is_empty(), in_flight.len() >= max_in_flight);
+        let message = tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if busy => continue,
+            message = subscription.next(), if !full => message,
+        };
+        let Some(message) = message else { break };
+        transform.refresh(false);
+        let settle = transform.process(message).await;
+        in_flight.push(settle);
+    }
+    tracing::info!(in_flight = in_flight.len(), "transform draining");
+    while in_flight.next().await.is_some() {}
+    Ok(())
+}
+
+struct Transform {
+    jetstream: jetstream::Context,
+    catalog: watch::Receiver<Arc<Snapshot>>,
+    routing: Routing,
+}
+
+/// What remains to do for one ingest message once its outputs are published.
+type Settle = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+impl Transform {
+    /// Rebuilds the routes when the catalog changed (or when `force`).
+    fn refresh(&mut self, force: bool) {
+        if !force && !self.catalog.has_changed().unwrap_or(false) {
+            return;
+        }
+        let snapshot = self.catalog.borrow_and_update().clone();
+        match Routing::build(&snapshot.catalog, snapshot.revision, &self.routing) {
+            Ok(routing) => {
+                tracing::info!(revision = snapshot.revision, "routes compiled");
+                self.routing = routing;
+            }
+            Err((mapping, err)) => tracing::error!(
+                revision = snapshot.revision,
+                mapping = %mapping,
+                error = %err,
+                "catalog revision has a mapping that does not compile; keeping revision {}",
+                self.routing.revision
+            ),
+        }
+    }
+
+    /// Runs the mappings and publishes the outputs; returns the future that awaits
+    /// their acks and then settles the ingest message.
+    async fn process(&self, message: jetstream::Message) -> Settle {
+        let info = match message.info() {
+            Ok(info) => (info.stream_sequence, info.published),
+            Err(err) => {
+                tracing::error!(error = %err, subject = %message.subject, "message without JetStream metadata");
+                return Box::pin(async {});
+            }
+        };
+        let (sequence, published) = info;
+        let event_id = event::event_id(message.headers.as_ref(), sequence, published);
+        let span = tracing::info_span!(
+            "transform process",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.destination.name = %message.subject,
+            messaging.message.id = %event_id,
+            event_id = %event_id,
+            routes = tracing::field::Empty,
+        );
+        headers::set_parent_from(&span, message.headers.as_ref());
+        let acks = self
+            .publish_outputs(&message, &event_id, sequence, published)
+            .instrument(span.clone())
+            .await;
+        Box::pin(settle(message, acks, event_id).instrument(span))
+    }
+
+    async fn publish_outputs(
+        &self,
+        message: &jetstream::Message,
+        event_id: &str,
+        sequence: u64,
+        published: time::OffsetDateTime,
+    ) -> Result<Vec<PublishAckFuture>, String> {
+        let Some((source, event_type)) = topology::parse_ingest_subject(&message.subject) else {
+            tracing::error!(subject = %message.subject, "not of the form ingest.<source>.<event_type>; nothing can route it");
+            return Ok(Vec::new());
+        };
+        let received_at = headers::get(message.headers.as_ref(), headers::RECEIVED_AT)
+            .map(str::to_owned)
+            .unwrap_or_else(|| event::rfc3339(published));
+        let mut acks = Vec::new();
+        let mut routed = 0usize;
+        for compiled in self.routing.matching(source, event_type) {
+            routed += 1;
+            let route = &compiled.route;
+            let mut out = HeaderMap::new();
+            out.insert(headers::EVENT_ID, event_id);
+            out.insert(headers::SOURCE, source);
+            out.insert(headers::EVENT_TYPE, event_type);
+            out.insert(headers::ROUTE, route.name.as_str());
+            out.insert(headers::MAPPING, compiled.mapping.as_str());
+            out.insert(headers::RECEIVED_AT, received_at.as_str());
+            out.insert(headers::INGEST_SEQUENCE, sequence.to_string().as_str());
+            let (subject, body) = match compiled.program.run_json(&message.payload) {
+                Ok(Output::Body(body)) => {
+                    out.insert(
+                        headers::NATS_MSG_ID,
+                        format!("{event_id}:{}", route.name).as_str(),
+                    );
+                    out.insert(headers::CONTENT_TYPE, "application/json");
+                    (
+                        topology::deliver_subject(&route.provider, &route.name),
+                        body.into(),
+                    )
+                }
+                Ok(Output::Skipped(reason)) => {
+                    tracing::debug!(route = %route.name, reason = ?reason, "mapping skipped the event");
+                    continue;
+                }
+                Err(err) => {
+                    tracing::warn!(route = %route.name, mapping = %compiled.mapping, event_id, error = %err, "mapping failed; dead-lettering the event");
+                    if let Some(original) = message.headers.as_ref() {
+                        for (name, values) in original.iter() {
+                            if !out_has(&out, name.as_ref()) {
+                                for value in values {
+                                    out.append(name.clone(), value.clone());
+                                }
+                            }
+                        }
+                    }
+                    out.insert(
+                        headers::NATS_MSG_ID,
+                        format!("{event_id}:{}:dlq", route.name).as_str(),
+                    );
+                    out.insert(headers::FAILURE_CATEGORY, "mapping");
+                    out.insert(
+                        headers::FAILURE_REASON,
+                        headers::sanitize_value(&err.to_string()).as_str(),
+                    );
+                    out.insert(headers::ATTEMPTS, "0");
+                    (
+                        topology::dlq_subject(&route.provider),
+                        message.payload.clone(),
+                    )
+                }
+            };
+            let publish_span = tracing::info_span!("transform publish", otel.kind = "producer", messaging.destination.name = %subject);
+            headers::inject_span(&publish_span, &mut out);
+            match self
+                .jetstream
+                .publish_with_headers(subject, out, body)
+                .instrument(publish_span)
+                .await
+            {
+                Ok(ack) => acks.push(ack),
+                Err(err) => return Err(format!("publish failed: {err}")),
+            }
+        }
+        tracing::Span::current().record("routes", routed);
+        if routed == 0 {
+            tracing::debug!(source, event_type, "no route matches; acking");
+        }
+        Ok(acks)
+    }
+}
+
+fn out_has(headers: &HeaderMap, name: &str) -> bool {
+    headers::get(Some(headers), name).is_some()
+}
+
+/// Acks the ingest message once every output is stored, or NAKs it to try again.
+async fn settle(
+    message: jetstream::Message,
+    acks: Result<Vec<PublishAckFuture>, String>,
+    event_id: String,
+) {
+    let stored = match acks {
+        Ok(acks) => {
+            let mut failure = None;
+            for ack in acks {
+                if let Err(err) = ack.await {
+                    failure.get_or_insert_with(|| err.to_string());
+                }
+            }
+            failure.map_or(Ok(()), Err)
+        }
+        Err(err) => Err(err),
+    };
+    let result = match stored {
+        Ok(()) => message.ack().await,
+        Err(err) => {
+            tracing::warn!(event_id, error = %err, "outputs not stored; the event will be processed again");
+            message.ack_with(AckKind::Nak(Some(REPUBLISH_DELAY))).await
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(event_id, error = %err, "could not settle the ingest message; it will be redelivered");
+    }
+}
