@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{
-    self,
+    self, AckKind,
     consumer::{
         PullConsumer,
         pull::{self, MessagesErrorKind},
@@ -73,6 +73,28 @@ impl Subscription {
             .messages()
             .await
             .map_err(Error::nats)
+    }
+
+    /// Hands back messages that were pulled but not yet taken with [`next`]: NAKed
+    /// without delay, so another replica (or this one after a restart) gets them at
+    /// once instead of after `ack_wait`.
+    ///
+    /// [`next`]: Subscription::next
+    pub async fn close(mut self) {
+        let Some(mut messages) = self.messages.take() else {
+            return;
+        };
+        let mut released = 0usize;
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout(Duration::from_millis(50), messages.next()).await
+        {
+            if message.ack_with(AckKind::Nak(None)).await.is_ok() {
+                released += 1;
+            }
+        }
+        if released > 0 {
+            tracing::info!(released, stream = %self.stream, "handed back prefetched messages");
+        }
     }
 
     /// The next message, or `None` once the shutdown has started.

@@ -130,6 +130,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
     }
     tracing::info!(provider, in_flight = tasks.len(), "delivery draining");
     while tasks.join_next().await.is_some() {}
+    subscription.close().await;
     Ok(())
 }
 

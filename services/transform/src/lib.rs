@@ -100,6 +100,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
     }
     tracing::info!(in_flight = in_flight.len(), "transform draining");
     while in_flight.next().await.is_some() {}
+    subscription.close().await;
     Ok(())
 }
 

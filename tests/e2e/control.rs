@@ -1,0 +1,318 @@
+//! The control API: catalog changes validated as a whole and picked up by running
+//! services; health and reflection for third-party clients.
+
+use std::time::Duration;
+
+use switchyard_control::proto::{
+    ApplyRequest, ChangeAction, GetResourceRequest, ListResourcesRequest, ResourceKind,
+    catalog_service_client::CatalogServiceClient,
+};
+use switchyard_tests::{FakeProvider, Pipeline};
+use tonic::{Code, transport::Channel};
+
+use crate::catalog;
+
+async fn client(pipeline: &Pipeline) -> CatalogServiceClient<Channel> {
+    let channel =
+        switchyard_tests::eventually(Duration::from_secs(10), "the control API", || async {
+            Channel::from_shared(pipeline.control_url.clone())
+                .unwrap()
+                .connect()
+                .await
+                .ok()
+        })
+        .await;
+    CatalogServiceClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_route_is_used_by_running_services_without_a_restart() {
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let mut control = client(&pipeline).await;
+
+    let bundle = r#"
+sources:
+  - name: erp
+mappings:
+  - name: stock-to-crm
+    version: 1
+    program: '. = {"sku": .sku, "order": "stock", "email": "x", "cents": 0}'
+routes:
+  - name: stock
+    source: erp
+    event_types: ["stock.changed"]
+    mapping: stock-to-crm@1
+    provider: crm
+"#;
+    let plan = control
+        .apply(ApplyRequest {
+            document: bundle.into(),
+            dry_run: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(plan.dry_run);
+    assert_eq!(
+        plan.changes.len(),
+        3,
+        "resources the bundle does not name are left alone: {plan:?}"
+    );
+    let created: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action() == ChangeAction::Create)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(created, ["erp", "stock-to-crm@1", "stock"]);
+    // A dry run changes nothing.
+    assert_eq!(
+        pipeline
+            .post("erp", "stock.changed", &serde_json::json!({}), None)
+            .await
+            .status(),
+        404
+    );
+
+    let applied = control
+        .apply(ApplyRequest {
+            document: bundle.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(applied.revision, plan.revision + 1);
+
+    // Running ingest, transform and delivery pick the change up within 2 s.
+    let started = tokio::time::Instant::now();
+    switchyard_tests::eventually(
+        Duration::from_secs(2),
+        "ingest to know the new source",
+        || async {
+            let response = pipeline
+                .post(
+                    "erp",
+                    "stock.changed",
+                    &serde_json::json!({"sku": "A-1"}),
+                    Some("s1"),
+                )
+                .await;
+            (response.status() == 202).then_some(())
+        },
+    )
+    .await;
+    provider.wait_for_accepted(1, Duration::from_secs(10)).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let delivered = &provider.accepted()[0];
+    assert_eq!(delivered.json()["sku"], "A-1");
+    assert_eq!(delivered.header("switchyard-route"), Some("stock"));
+
+    let listed = control
+        .list_resources(ListResourcesRequest {
+            kind: ResourceKind::Route as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["orders", "stock"]);
+    let mapping = control
+        .get_resource(GetResourceRequest {
+            kind: ResourceKind::Mapping as i32,
+            name: "stock-to-crm@1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let spec = switchyard_control::convert::struct_to_json(mapping.spec.as_ref().unwrap());
+    assert_eq!(spec["version"], 1);
+    let missing = control
+        .get_resource(GetResourceRequest {
+            kind: ResourceKind::Source as i32,
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_or_racing_applies_change_nothing() {
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let mut control = client(&pipeline).await;
+    let before = control
+        .list_resources(ListResourcesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+
+    let invalid = r#"
+routes:
+  - name: broken
+    source: shop
+    mapping: order-to-contact@9
+    provider: crm
+mappings:
+  - name: typo
+    version: 1
+    program: '.x = upcase(.y'
+"#;
+    let err = control
+        .apply(ApplyRequest {
+            document: invalid.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("routes[1].mapping: no mapping order-to-contact@9"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("mappings[1].program"),
+        "{}",
+        err.message()
+    );
+
+    let changed_program = r#"
+mappings:
+  - name: order-to-contact
+    version: 1
+    program: '. = {}'
+"#;
+    let err = control
+        .apply(ApplyRequest {
+            document: changed_program.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("immutable"), "{}", err.message());
+
+    let stale = control
+        .apply(ApplyRequest {
+            document: "sources:\n  - name: erp\n".into(),
+            expected_revision: before.revision + 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let after = control
+        .list_resources(ListResourcesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before, "no rejected apply changed the catalog");
+
+    // Two applies racing on the same revision: exactly one wins, the other is ABORTED.
+    let race = |name: &str| {
+        let mut control = control.clone();
+        let document = format!("sources:\n  - name: {name}\n");
+        let revision = before.revision;
+        async move {
+            control
+                .apply(ApplyRequest {
+                    document,
+                    expected_revision: revision,
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    let (a, b) = tokio::join!(race("one"), race("two"));
+    let codes = [
+        a.as_ref().err().map(|e| e.code()),
+        b.as_ref().err().map(|e| e.code()),
+    ];
+    assert!(
+        codes == [None, Some(Code::Aborted)] || codes == [Some(Code::Aborted), None],
+        "{codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection_serve_third_party_clients() {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    use tonic_reflection::pb::{v1, v1alpha};
+
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let _ = client(&pipeline).await;
+    let channel = Channel::from_shared(pipeline.control_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "switchyard.v1.CatalogService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{service:?}");
+    }
+
+    let mut reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = reflection
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("a service list")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for expected in [
+        "switchyard.v1.CatalogService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {names:?}");
+    }
+
+    // grpcurl 1.8 speaks v1alpha only.
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::FileContainingSymbol(
+                "switchyard.v1.CatalogService".into(),
+            ),
+        ),
+    };
+    let mut answers = alpha
+        .server_reflection_info(futures::stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap().message_response;
+    assert!(
+        matches!(answer, Some(v1alpha::server_reflection_response::MessageResponse::FileDescriptorResponse(ref files)) if !files.file_descriptor_proto.is_empty()),
+        "{answer:?}"
+    );
+}

@@ -1,0 +1,62 @@
+//! Test harness: a real nats-server, the services in-process, and fake providers.
+//!
+//! Tests read as stories: start a [`FakeProvider`], start a [`Pipeline`] with a catalog
+//! that points at it, send events, and assert on what the provider received.
+
+#![forbid(unsafe_code)]
+
+mod pipeline;
+mod provider;
+
+use std::time::Duration;
+
+pub use pipeline::Pipeline;
+pub use provider::{FakeProvider, Received, Reply};
+use switchyard_core::local_server::LocalNatsServer;
+use tempfile::TempDir;
+
+/// A nats-server with JetStream on a free loopback port and a temporary store.
+pub struct TestNats {
+    server: LocalNatsServer,
+    _dir: TempDir,
+}
+
+impl TestNats {
+    /// Starts a fresh server.
+    pub async fn start() -> anyhow::Result<Self> {
+        switchyard_core::telemetry::init_for_tests();
+        let dir = tempfile::tempdir()?;
+        let server = LocalNatsServer::start(dir.path(), None).await?;
+        Ok(Self { server, _dir: dir })
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> &str {
+        self.server.url()
+    }
+
+    /// Kills the server with SIGKILL and starts it again on the same port and store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.server.restart().await?;
+        Ok(())
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

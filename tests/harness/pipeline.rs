@@ -1,0 +1,184 @@
+//! The whole pipeline in-process: ingest, transform, control and one delivery per
+//! provider, against a test nats-server.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use async_nats::jetstream::{self, message::StreamMessage};
+use switchyard_core::{
+    catalog::{Catalog, CatalogStore},
+    config::Settings,
+    nats,
+    shutdown::Shutdown,
+    topology,
+};
+use tokio::net::TcpListener;
+
+use crate::TestNats;
+
+/// A running pipeline and handles to drive and observe it.
+pub struct Pipeline {
+    /// The nats-server.
+    pub nats: TestNats,
+    /// A plain NATS client, as any third-party publisher would use.
+    pub client: async_nats::Client,
+    /// JetStream on that client.
+    pub jetstream: jetstream::Context,
+    /// Base URL of ingest, e.g. `http://127.0.0.1:41234`.
+    pub ingest_url: String,
+    /// URL of the control API.
+    pub control_url: String,
+    /// The settings every service was started with.
+    pub settings: Settings,
+    /// HTTP client for ingest.
+    pub http: reqwest::Client,
+    shutdown: Shutdown,
+    deliveries: Mutex<HashMap<String, Shutdown>>,
+}
+
+impl Pipeline {
+    /// Settings for a test pipeline on `nats_url`.
+    pub fn settings(nats_url: &str) -> Settings {
+        let mut settings = Settings::default();
+        settings.nats.url = nats_url.to_owned();
+        settings.secrets.dir = std::env::temp_dir().join("switchyard-tests-no-secrets");
+        settings
+    }
+
+    /// Starts a nats-server, applies `catalog`, and starts every service.
+    pub async fn start(catalog: &str) -> anyhow::Result<Self> {
+        let nats = TestNats::start().await?;
+        let settings = Self::settings(nats.url());
+        Self::start_with(nats, settings, catalog).await
+    }
+
+    /// Like [`Pipeline::start`] with a given server and settings.
+    pub async fn start_with(
+        nats: TestNats,
+        settings: Settings,
+        catalog: &str,
+    ) -> anyhow::Result<Self> {
+        let connection = nats::connect(&settings.nats, "test").await?;
+        topology::ensure_topology(&connection.jetstream, &settings.topology).await?;
+        let catalog = Catalog::from_yaml(catalog)?;
+        CatalogStore::open(&connection.jetstream)
+            .await?
+            .save(&catalog, 0)
+            .await?;
+
+        let shutdown = Shutdown::new();
+        let ingest = TcpListener::bind("127.0.0.1:0").await?;
+        let control = TcpListener::bind("127.0.0.1:0").await?;
+        let ingest_url = format!("http://{}", ingest.local_addr()?);
+        let control_url = format!("http://{}", control.local_addr()?);
+        shutdown.spawn(
+            "ingest",
+            switchyard_ingest::run(settings.clone(), ingest, shutdown.clone()),
+        );
+        shutdown.spawn(
+            "transform",
+            switchyard_transform::run(settings.clone(), shutdown.clone()),
+        );
+        shutdown.spawn(
+            "control",
+            switchyard_control::run(settings.clone(), control, shutdown.clone()),
+        );
+
+        let pipeline = Self {
+            client: connection.client,
+            jetstream: connection.jetstream,
+            nats,
+            ingest_url,
+            control_url,
+            settings,
+            http: reqwest::Client::new(),
+            shutdown,
+            deliveries: Mutex::default(),
+        };
+        for provider in &catalog.providers {
+            pipeline.start_delivery(&provider.name);
+        }
+        Ok(pipeline)
+    }
+
+    /// Starts a delivery process for `provider`.
+    pub fn start_delivery(&self, provider: &str) {
+        let scope = self.shutdown.child();
+        let run =
+            switchyard_delivery::run(self.settings.clone(), provider.to_owned(), scope.clone());
+        scope.spawn("delivery", run);
+        self.deliveries
+            .lock()
+            .expect("deliveries")
+            .insert(provider.to_owned(), scope);
+    }
+
+    /// Stops the delivery process for `provider` the way SIGTERM does: it stops
+    /// pulling, finishes what is in flight, and exits.
+    pub async fn stop_delivery(&self, provider: &str) {
+        let scope = self
+            .deliveries
+            .lock()
+            .expect("deliveries")
+            .remove(provider)
+            .expect("a running delivery");
+        scope.trigger();
+        scope
+            .wait(Duration::from_secs(30))
+            .await
+            .expect("delivery stops cleanly");
+    }
+
+    /// Posts a JSON event to ingest.
+    pub async fn post(
+        &self,
+        source: &str,
+        event_type: &str,
+        body: &serde_json::Value,
+        idempotency_key: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!(
+                "{}/v1/events/{source}?type={event_type}",
+                self.ingest_url
+            ))
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("ingest answers")
+    }
+
+    /// Number of messages stored in `stream`.
+    pub async fn stream_len(&self, stream: &str) -> u64 {
+        let mut stream = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        stream.info().await.expect("stream info").state.messages
+    }
+
+    /// Every message stored in `stream`, oldest first.
+    pub async fn stream_messages(&self, stream: &str) -> Vec<StreamMessage> {
+        let mut handle = self
+            .jetstream
+            .get_stream(stream)
+            .await
+            .expect("stream exists");
+        let state = handle.info().await.expect("stream info").state.clone();
+        let mut messages = Vec::new();
+        for sequence in state.first_sequence..=state.last_sequence {
+            if let Ok(message) = handle.get_raw_message(sequence).await {
+                messages.push(message);
+            }
+        }
+        messages
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}

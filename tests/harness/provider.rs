@@ -1,0 +1,207 @@
+//! A fake third-party provider: a real HTTP server that records every request and
+//! answers as the test tells it to — succeed, fail, stall or rate-limit.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, extract::Request, http::StatusCode, response::IntoResponse};
+use bytes::Bytes;
+
+/// One request the provider received, and what it answered.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// HTTP method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+    /// Request body.
+    pub body: Bytes,
+    /// The status the provider answered with.
+    pub status: u16,
+    /// Which request this was for its idempotency key (1 = first).
+    pub attempt: usize,
+}
+
+impl Received {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    /// The `Idempotency-Key` header.
+    pub fn idempotency_key(&self) -> &str {
+        self.header("idempotency-key").unwrap_or_default()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("provider received JSON")
+    }
+
+    /// Whether the provider accepted this request.
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// How the provider answers one request.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status to answer with.
+    pub status: u16,
+    /// How long to wait before answering.
+    pub delay: Duration,
+    /// Extra response headers.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    /// Answer `status` at once.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+
+    /// 200 OK at once.
+    pub fn ok() -> Self {
+        Self::status(200)
+    }
+
+    /// Wait before answering.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Behaviour = dyn Fn(&Received) -> Reply + Send + Sync;
+
+struct State {
+    log: Mutex<Vec<Received>>,
+    attempts: Mutex<HashMap<String, usize>>,
+    behaviour: Box<Behaviour>,
+}
+
+/// A provider running on a loopback port.
+#[derive(Clone)]
+pub struct FakeProvider {
+    url: String,
+    state: Arc<State>,
+}
+
+impl FakeProvider {
+    /// A provider that accepts everything.
+    pub async fn start() -> Self {
+        Self::with(|_| Reply::ok()).await
+    }
+
+    /// A provider that answers each request as `behaviour` decides; the request it is
+    /// given carries its attempt number for its idempotency key.
+    pub async fn with(behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Self {
+        let state = Arc::new(State {
+            log: Mutex::default(),
+            attempts: Mutex::default(),
+            behaviour: Box::new(behaviour),
+        });
+        let handler_state = state.clone();
+        let app = Router::new().fallback(move |request: Request| {
+            let state = handler_state.clone();
+            async move { handle(state, request).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("fake provider serves");
+        });
+        Self { url, state }
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every request so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.log.lock().expect("log").clone()
+    }
+
+    /// Requests that were accepted (2xx).
+    pub fn accepted(&self) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(Received::accepted)
+            .collect()
+    }
+
+    /// Idempotency keys of accepted requests, each once.
+    pub fn accepted_keys(&self) -> HashSet<String> {
+        self.accepted()
+            .iter()
+            .map(|r| r.idempotency_key().to_owned())
+            .collect()
+    }
+
+    /// Waits until `count` distinct idempotency keys have been accepted.
+    pub async fn wait_for_accepted(&self, count: usize, timeout: Duration) {
+        crate::eventually(timeout, &format!("{count} accepted deliveries"), || async {
+            (self.accepted_keys().len() >= count).then_some(())
+        })
+        .await;
+    }
+}
+
+async fn handle(state: Arc<State>, request: Request) -> impl IntoResponse {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 16 << 20)
+        .await
+        .unwrap_or_default();
+    let key = parts
+        .headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let attempt = {
+        let mut attempts = state.attempts.lock().expect("attempts");
+        let count = attempts.entry(key).or_default();
+        *count += 1;
+        *count
+    };
+    let mut received = Received {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        body,
+        status: 0,
+        attempt,
+    };
+    let reply = (state.behaviour)(&received);
+    // Recorded on arrival: a provider acts on a request even if its answer is lost.
+    received.status = reply.status;
+    state.log.lock().expect("log").push(received);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response = StatusCode::from_u16(reply.status)
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        .into_response();
+    for (name, value) in reply.headers {
+        if let Ok(value) = http::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    response
+}
