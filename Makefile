@@ -1,0 +1,46 @@
+# Switchyard — the two commands a newcomer needs are `make run` and `make test`.
+
+CARGO ?= cargo
+CATALOG ?= deploy/examples/quickstart.yaml
+
+.PHONY: run test build lint fmt nats-server
+
+## run: build and start every service in one process with the quickstart catalog
+run: nats-server
+	$(CARGO) build -p switchyard -p syctl
+	./target/debug/switchyard dev --catalog $(CATALOG)
+
+## test: the whole test suite against a real nats-server
+test: nats-server
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+## build: debug build of every binary
+build:
+	$(CARGO) build --workspace
+
+## lint: the formatting and lint checks CI runs
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# nats-server is the one system dependency: tests and `switchyard dev` start it
+# themselves. Installs Debian's package when it is missing.
+nats-server:
+	@if [ -n "$$NATS_SERVER_BIN" ] || command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ]; then \
+		exit 0; \
+	fi; \
+	echo "nats-server not found; installing the Debian package nats-server"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+		echo "install nats-server (https://docs.nats.io/running-a-nats-service/introduction/installation) or set NATS_SERVER_BIN" >&2; exit 1; \
+	fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "no apt-get here: install nats-server 2.9 or newer yourself, or set NATS_SERVER_BIN" >&2; exit 1; \
+	fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server
