@@ -25,6 +25,8 @@ pub struct Received {
     pub status: u16,
     /// Which request this was for its idempotency key (1 = first).
     pub attempt: usize,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -187,6 +189,7 @@ async fn handle(state: Arc<State>, request: Request) -> impl IntoResponse {
         body,
         status: 0,
         attempt,
+        at: std::time::Instant::now(),
     };
     let reply = (state.behaviour)(&received);
     // Recorded on arrival: a provider acts on a request even if its answer is lost.

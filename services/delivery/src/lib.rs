@@ -56,8 +56,10 @@ pub enum Error {
 /// Messages the server may hold for this consumer unacknowledged, waiting retries
 /// included; beyond it the server stops handing out new ones.
 const MAX_ACK_PENDING: i64 = 20_000;
-/// How long the server waits for an ack beyond the provider's own timeout.
-const ACK_WAIT_MARGIN: Duration = Duration::from_secs(30);
+/// How long the server waits for an ack before handing a message to another
+/// replica; a request in progress keeps its message with progress acks, so this bounds
+/// only how long a crashed process holds messages.
+const ACK_WAIT: Duration = Duration::from_secs(10);
 /// Delay before retrying a dead letter that JetStream did not store.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
 
@@ -88,7 +90,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         filter_subject: format!("deliver.{provider}.>"),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
-        ack_wait: target.provider.timeout + ACK_WAIT_MARGIN,
+        ack_wait: ACK_WAIT,
         max_deliver: -1,
         max_ack_pending: MAX_ACK_PENDING,
         ..Default::default()
@@ -115,10 +117,11 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
             continue;
         }
         let busy = !tasks.is_empty();
+        let room = target.provider.max_in_flight - tasks.len();
         let message = tokio::select! {
             biased;
             Some(_) = tasks.join_next(), if busy => continue,
-            message = subscription.next() => message,
+            message = subscription.next(room) => message,
         };
         let Some(message) = message else { break };
         let delivery = Delivery {
@@ -264,9 +267,7 @@ impl Delivery {
             attempt,
             &trace,
         );
-        let result = keep_alive(&message, self.target.provider.timeout, send)
-            .instrument(span.clone())
-            .await;
+        let result = keep_alive(&message, send).instrument(span.clone()).await;
         if let Some(status) = result.status {
             span.record("http.response.status_code", status);
         }
@@ -384,15 +385,15 @@ impl Delivery {
 /// worked on, so a slow provider never causes a redelivery mid-request.
 async fn keep_alive<F: std::future::Future<Output = Attempt>>(
     message: &jetstream::Message,
-    timeout: Duration,
     send: F,
 ) -> Attempt {
-    let every = ((timeout + ACK_WAIT_MARGIN) / 2).max(Duration::from_secs(1));
     tokio::pin!(send);
+    let mut progress = tokio::time::interval(ACK_WAIT / 3);
+    progress.tick().await;
     loop {
         tokio::select! {
             result = &mut send => return result,
-            () = tokio::time::sleep(every) => {
+            _ = progress.tick() => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         }

@@ -22,6 +22,9 @@ pub struct Problem {
     /// Seconds after which a retry may succeed (sent as `Retry-After` too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// The request body was not read to its end, so the connection cannot be reused.
+    #[serde(skip)]
+    pub close_connection: bool,
 }
 
 impl Problem {
@@ -32,6 +35,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             retry_after: None,
+            close_connection: false,
         }
     }
 
@@ -55,14 +59,18 @@ impl Problem {
         )
     }
 
-    /// 413: the body is over the limit.
+    /// 413: the body is over the limit. Answered before the body is read to its end,
+    /// so the connection is closed after the answer.
     pub fn too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "Body too large",
-            format!("the body exceeds the limit of {limit} bytes"),
-        )
+        Self {
+            close_connection: true,
+            ..Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Body too large",
+                format!("the body exceeds the limit of {limit} bytes"),
+            )
+        }
     }
 
     /// 415: the body is not JSON.
@@ -92,7 +100,7 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let retry_after = self.retry_after;
+        let (retry_after, close) = (self.retry_after, self.close_connection);
         let mut response = (status, axum::Json(self)).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -101,6 +109,9 @@ impl IntoResponse for Problem {
         );
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }

@@ -87,11 +87,12 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
 
     let mut in_flight: FuturesUnordered<Settle> = FuturesUnordered::new();
     loop {
-        let (busy, full) = (!in_flight.is_empty(), in_flight.len() >= max_in_flight);
+        let busy = !in_flight.is_empty();
+        let room = max_in_flight.saturating_sub(in_flight.len());
         let message = tokio::select! {
             biased;
             Some(()) = in_flight.next(), if busy => continue,
-            message = subscription.next(), if !full => message,
+            message = subscription.next(room), if room > 0 => message,
         };
         let Some(message) = message else { break };
         transform.refresh(false);

@@ -34,6 +34,7 @@ pub struct Snapshot {
 #[derive(Clone)]
 pub struct CatalogStore {
     kv: kv::Store,
+    jetstream: jetstream::Context,
 }
 
 impl CatalogStore {
@@ -44,7 +45,10 @@ impl CatalogStore {
                 "cannot open KV bucket {BUCKET} (has the topology been created?): {err}"
             ))
         })?;
-        Ok(Self { kv })
+        Ok(Self {
+            kv,
+            jetstream: jetstream.clone(),
+        })
     }
 
     /// Reads the current catalog; an empty one at revision 0 when none was written.
@@ -88,61 +92,70 @@ impl CatalogStore {
         }
     }
 
-    /// Follows the catalog: the receiver always holds the latest valid snapshot. The
-    /// watch task stops with `shutdown` and re-subscribes by itself after errors.
+    /// Follows the catalog: the receiver always holds the latest valid snapshot.
+    ///
+    /// Every write to the key is also a message on `$KV.<bucket>.<key>`; the task
+    /// subscribes to that subject before the first read, so no change can slip between
+    /// the two, and re-reads the key on each notification. A re-read every
+    /// [`RESYNC`] covers notifications lost while the connection was down.
     pub async fn watch(
         &self,
         shutdown: &Shutdown,
     ) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
+        let client = self.jetstream.client();
+        let mut updates = client
+            .subscribe(format!("$KV.{BUCKET}.{KEY}"))
+            .await
+            .map_err(Error::nats)?;
         let initial = self.load().await?;
+        let mut seen = initial.revision;
         let (sender, receiver) = watch::channel(Arc::new(initial));
-        let kv = self.kv.clone();
+        let store = self.clone();
         let stop = shutdown.clone();
         shutdown.spawn("catalog-watch", async move {
-            while !stop.is_shutting_down() {
-                let mut updates = match kv.watch(KEY).await {
-                    Ok(updates) => updates,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "catalog watch failed; retrying");
+            let mut resync = tokio::time::interval(RESYNC);
+            resync.tick().await;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return Ok::<(), Error>(()),
+                    update = updates.next() => if update.is_none() {
+                        tracing::warn!("catalog notifications ended; re-subscribing");
                         stop.sleep(Duration::from_secs(1)).await;
+                        match client.subscribe(format!("$KV.{BUCKET}.{KEY}")).await {
+                            Ok(subscription) => updates = subscription,
+                            Err(err) => tracing::warn!(error = %err, "cannot re-subscribe to catalog notifications"),
+                        }
+                    },
+                    _ = resync.tick() => {}
+                }
+                let entry = match store.kv.entry(KEY).await {
+                    Ok(Some(entry)) if entry.revision > seen => entry,
+                    Ok(_) => continue,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cannot read the catalog; keeping the current one");
                         continue;
                     }
                 };
-                loop {
-                    let entry = tokio::select! {
-                        () = stop.cancelled() => return Ok::<(), Error>(()),
-                        entry = updates.next() => entry,
-                    };
-                    let entry = match entry {
-                        Some(Ok(entry)) => entry,
-                        Some(Err(err)) => {
-                            tracing::warn!(error = %err, "catalog watch interrupted; re-subscribing");
-                            break;
-                        }
-                        None => break,
-                    };
-                    if entry.revision <= sender.borrow().revision {
-                        continue;
+                seen = entry.revision;
+                match decode(&entry) {
+                    Ok(snapshot) => {
+                        tracing::info!(revision = snapshot.revision, "catalog changed");
+                        sender.send_replace(Arc::new(snapshot));
                     }
-                    match decode(&entry) {
-                        Ok(snapshot) => {
-                            tracing::info!(revision = snapshot.revision, "catalog changed");
-                            sender.send_replace(Arc::new(snapshot));
-                        }
-                        Err(err) => tracing::error!(
-                            revision = entry.revision,
-                            error = %err,
-                            "ignoring an invalid catalog in KV; keeping the previous one"
-                        ),
-                    }
+                    Err(err) => tracing::error!(
+                        revision = entry.revision,
+                        error = %err,
+                        "ignoring an invalid catalog in KV; keeping the previous one"
+                    ),
                 }
-                stop.sleep(Duration::from_millis(200)).await;
             }
-            Ok(())
         });
         Ok(receiver)
     }
 }
+
+/// How often watchers re-read the catalog even without a notification.
+const RESYNC: Duration = Duration::from_secs(30);
 
 fn decode(entry: &kv::Entry) -> Result<Snapshot, Error> {
     if matches!(entry.operation, Operation::Delete | Operation::Purge) {
