@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use switchyard_tests::{FakeProvider, Pipeline, Reply, eventually};
 
-use crate::{catalog_with_retry, order};
+use crate::{POLICIES, catalog_with, order};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejections_and_exhausted_retries_go_to_the_dlq_with_the_original() {
@@ -21,7 +21,8 @@ async fn rejections_and_exhausted_retries_go_to_the_dlq_with_the_original() {
         }
     })
     .await;
-    let pipeline = Pipeline::start(&catalog_with_retry(provider.url(), 3))
+    let policies = POLICIES.replace("max_attempts: 5", "max_attempts: 3");
+    let pipeline = Pipeline::start(&catalog_with(provider.url(), &policies, ""))
         .await
         .unwrap();
     for id in ["bad", "down", "good"] {

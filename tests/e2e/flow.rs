@@ -7,7 +7,7 @@ use async_nats::HeaderMap;
 use futures::{StreamExt, stream};
 use switchyard_tests::{FakeProvider, Pipeline, Reply};
 
-use crate::{catalog, order};
+use crate::{catalog, catalog_with, order};
 
 /// Asserts every event in `ids` was accepted exactly once with the mapped body, and
 /// that nothing else was sent.
@@ -120,7 +120,18 @@ async fn a_provider_that_fails_the_first_attempts_still_gets_every_event() {
         }
     })
     .await;
-    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    // This test is about retries: a breaker would (rightly) trip on a provider that
+    // fails two requests in three, so it is set not to.
+    let policies = "
+    retry:
+      max_attempts: 5
+      backoff: { initial: 50ms, factor: 2, max: 400ms }
+    breaker:
+      consecutive_failures: 1000000
+      min_requests: 1000000";
+    let pipeline = Pipeline::start(&catalog_with(provider.url(), policies, ""))
+        .await
+        .unwrap();
     let ids: Vec<String> = (0..200).map(|i| format!("o{i}")).collect();
     let totals: HashMap<String, i64> = ids.iter().map(|id| (id.clone(), 7)).collect();
     for id in &ids {

@@ -7,14 +7,25 @@ mod flow;
 mod ingest;
 mod topology;
 
+/// Retry and breaker settings of the test provider unless a test gives its own: quick
+/// retries, and a breaker that trips as by default but stays open only briefly.
+pub const POLICIES: &str = "
+    retry:
+      max_attempts: 5
+      backoff: { initial: 50ms, factor: 2, max: 400ms }
+    breaker:
+      cool_down: 200ms
+      max_cool_down: 1s";
+
 /// The catalog most tests use: source `shop`, provider `crm` at `provider_url`, and a
 /// route taking `order.*` events through a mapping that renames and coerces fields.
 pub fn catalog(provider_url: &str) -> String {
-    catalog_with_retry(provider_url, 5)
+    catalog_with(provider_url, POLICIES, "")
 }
 
-/// [`catalog`] with a given number of delivery attempts.
-pub fn catalog_with_retry(provider_url: &str, max_attempts: u32) -> String {
+/// [`catalog`] with the provider's policies (YAML lines indented by four spaces) and
+/// extra route lines.
+pub fn catalog_with(provider_url: &str, policies: &str, route_extra: &str) -> String {
     format!(
         r#"
 sources:
@@ -23,12 +34,7 @@ providers:
   - name: crm
     url: {provider_url}/contacts
     timeout: 2s
-    max_in_flight: 32
-    retry:
-      max_attempts: {max_attempts}
-      initial_backoff: 50ms
-      backoff_factor: 2
-      max_backoff: 400ms
+    max_in_flight: 32{policies}
 mappings:
   - name: order-to-contact
     version: 1
@@ -43,7 +49,7 @@ routes:
     source: shop
     event_types: ["order.*"]
     mapping: order-to-contact@1
-    provider: crm
+    provider: crm{route_extra}
 "#
     )
 }

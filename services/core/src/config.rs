@@ -140,11 +140,27 @@ pub struct TransformSettings {
 }
 
 /// The delivery service.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverySettings {
     /// The provider this process delivers to (`--provider` on the command line).
     pub provider: Option<String>,
+    /// How long the active replica's lease lasts without renewal; a standby takes
+    /// over once it has gone unrenewed this long.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// This replica's name in the lease (default: host name and process id).
+    pub instance: Option<String>,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            provider: None,
+            lease_ttl: Duration::from_secs(10),
+            instance: None,
+        }
+    }
 }
 
 /// The gRPC control service.
@@ -310,6 +326,9 @@ impl Settings {
         }
         if self.transform.max_in_flight == 0 {
             return fail("transform.max_in_flight", "must be positive");
+        }
+        if self.delivery.lease_ttl < Duration::from_secs(1) {
+            return fail("delivery.lease_ttl", "must be at least 1s");
         }
         if self.transform.ack_wait < Duration::from_secs(1) {
             return fail("transform.ack_wait", "must be at least 1s");

@@ -37,6 +37,8 @@ pub const FAILURE_REASON: &str = "Switchyard-Failure-Reason";
 pub const ATTEMPTS: &str = "Switchyard-Attempts";
 /// The last HTTP status the provider answered, if any.
 pub const LAST_STATUS: &str = "Switchyard-Last-Status";
+/// The start of the provider's last response body, bounded.
+pub const RESPONSE_EXCERPT: &str = "Switchyard-Response-Excerpt";
 /// The ingest stream sequence of the original event.
 pub const INGEST_SEQUENCE: &str = "Switchyard-Ingest-Sequence";
 

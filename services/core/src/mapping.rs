@@ -86,6 +86,23 @@ impl Program {
     /// Runs the program on `input`: `Ok(Ok(output))`, or `Ok(Err(reason))` when it
     /// aborted on purpose.
     pub fn run(&self, input: Value) -> Result<Result<Value, Option<String>>, RunError> {
+        self.execute(input)
+            .map(|done| done.map(|(_, target)| target))
+    }
+
+    /// Evaluates the program as an expression over a JSON body and returns its value
+    /// (used for ordering keys): `None` when it yields null or aborts.
+    pub fn evaluate_json(&self, body: &[u8]) -> Result<Option<Value>, RunError> {
+        let input: Value =
+            serde_json::from_slice(body).map_err(|err| RunError::InvalidInput(err.to_string()))?;
+        Ok(match self.execute(input)? {
+            Ok((Value::Null, _)) | Err(_) => None,
+            Ok((value, _)) => Some(value),
+        })
+    }
+
+    /// Runs the program: the value of its last expression and the final `.`.
+    fn execute(&self, input: Value) -> Result<Result<(Value, Value), Option<String>>, RunError> {
         let mut target = TargetValue {
             value: input,
             metadata: Value::Object(Default::default()),
@@ -107,7 +124,7 @@ impl Program {
             &mut budget,
         );
         match result {
-            Ok(_) => Ok(Ok(target.value)),
+            Ok(value) => Ok(Ok((value, target.value))),
             Err(Terminate::Abort(ExpressionError::Abort { message, .. })) => Ok(Err(message)),
             Err(Terminate::Interrupted) => Err(RunError::Failed(format!(
                 "the program ran more than {MAX_STEPS_PER_EVENT} steps"
@@ -157,6 +174,16 @@ mod tests {
             skipping.run_json(br#"{"kind":"test"}"#).unwrap(),
             Output::Skipped(Some("test event".into()))
         );
+    }
+
+    #[test]
+    fn expressions_evaluate_to_their_value() {
+        let key = Program::compile(".customer.id").unwrap();
+        assert_eq!(
+            key.evaluate_json(br#"{"customer":{"id":42}}"#).unwrap(),
+            Some(Value::from(42))
+        );
+        assert_eq!(key.evaluate_json(br#"{"customer":{}}"#).unwrap(), None);
     }
 
     #[test]

@@ -42,6 +42,15 @@ pub fn deliver_subject(provider: &str, route: &str) -> String {
     format!("deliver.{provider}.{route}")
 }
 
+/// Subject of a mapped event with an ordering key: one subject per key, so the
+/// stream can tell whether an earlier event with the same key is still owed.
+pub fn ordered_deliver_subject(provider: &str, route: &str, key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let token: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("deliver.{provider}.{route}.{token}")
+}
+
 /// Subject a dead letter for `provider` is published to.
 pub fn dlq_subject(provider: &str) -> String {
     format!("dlq.{provider}")

@@ -1,41 +1,69 @@
 //! Switchyard delivery: one process owns one provider.
 //!
-//! It pulls `deliver.<provider>.>` through the durable consumer `delivery-<provider>`
-//! and sends each message with the provider's method, URL and headers, at most
-//! `max_in_flight` at a time. A 2xx acks the message; a retryable failure NAKs it with
-//! an exponential delay (the server keeps the timer, no task sleeps); a rejection or
-//! the last failed attempt publishes the original to `dlq.<provider>`, waits for
-//! JetStream to store it, and only then acks. Every attempt is recorded on
-//! `outcome.<provider>`.
+//! Replicas of a provider's delivery compete for a lease in KV; the holder is active,
+//! the others stand by and take over when it stops renewing. The active process pulls
+//! `deliver.<provider>.>` through the durable consumer `delivery-<provider>` and owns
+//! the provider's pace (token bucket, `Retry-After` pauses, rate-limit headers), its
+//! circuit breaker (no pulling while open) and its credentials. Each message:
+//!
+//! 1. waits, without spending an attempt, while an earlier message with the same
+//!    ordering key is still owed;
+//! 2. is acked without a request when the ledger says it was already delivered;
+//! 3. is sent when the pace and the breaker allow, with a stable `Idempotency-Key`;
+//! 4. is acked after a 2xx (recorded in the ledger first), NAKed with the retry
+//!    policy's delay after a retryable failure, NAKed with the provider's delay after
+//!    a `Retry-After`, or dead-lettered after a rejection or the last attempt — the
+//!    dead letter is stored before the message is acked.
+//!
+//! Every attempt and breaker transition is recorded on `outcome.<provider>`.
 
 #![forbid(unsafe_code)]
 
-mod sender;
+mod auth;
+pub mod breaker;
+mod lease;
+mod ledger;
+mod outcome;
+pub mod ratelimit;
+pub mod sender;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use async_nats::{
     HeaderMap,
     jetstream::{
         self, AckKind,
         consumer::{AckPolicy, DeliverPolicy, pull},
+        kv,
+        stream::Stream,
     },
 };
-use serde::Serialize;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
 use switchyard_core::{
     catalog::{CatalogStore, Provider, Snapshot},
     config::Settings,
     consumer::Subscription,
-    event, headers,
+    headers,
     nats::{self, Nats},
     secrets::SecretSource,
     shutdown::Shutdown,
     topology,
 };
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::Instrument;
 
-pub use crate::sender::{Attempt, Sender, Verdict};
+use crate::{
+    auth::Authenticator,
+    breaker::{Breaker, Permit, State, Transition},
+    ledger::{Ledger, Record},
+    outcome::OutcomeLog,
+    ratelimit::Limiter,
+    sender::{Answer, Sender, Verdict, classify},
+};
 
 /// Errors that stop the delivery service.
 #[derive(Debug, thiserror::Error)]
@@ -56,21 +84,49 @@ pub enum Error {
 /// Messages the server may hold for this consumer unacknowledged, waiting retries
 /// included; beyond it the server stops handing out new ones.
 const MAX_ACK_PENDING: i64 = 20_000;
-/// How long the server waits for an ack before handing a message to another
-/// replica; a request in progress keeps its message with progress acks, so this bounds
-/// only how long a crashed process holds messages.
+/// How long the server waits for an ack before handing a message to another puller.
+/// Work in progress keeps its message with progress acks, so this bounds only how long
+/// a crashed process holds messages.
 const ACK_WAIT: Duration = Duration::from_secs(10);
-/// Delay before retrying a dead letter that JetStream did not store.
-const DEAD_LETTER_RETRY: Duration = Duration::from_secs(5);
+/// Delay before a message that could not be settled is tried again.
+const SETTLE_RETRY: Duration = Duration::from_secs(5);
+/// Delay before a message handed back at shutdown or lease loss is delivered again.
+const HAND_BACK: Duration = Duration::from_secs(1);
+/// Longest wait in one step while pacing, so cancellation is noticed.
+const PACING_STEP: Duration = Duration::from_millis(500);
 
 /// A provider's configuration with everything resolved for sending.
 struct Target {
     provider: Provider,
     sender: Sender,
+    auth: Authenticator,
+}
+
+impl Target {
+    fn new(provider: &Provider, secrets: &SecretSource) -> Result<Self, Error> {
+        let client = Sender::client(provider)?;
+        Ok(Self {
+            provider: provider.clone(),
+            auth: Authenticator::new(&provider.name, provider.auth.as_ref(), secrets, &client)?,
+            sender: Sender::new(provider, secrets, client)?,
+        })
+    }
+}
+
+/// State shared by every delivery of the provider in this process.
+struct Shared {
+    nats: Nats,
+    provider: String,
+    ledger: Ledger,
+    deliver: Stream<()>,
+    outcomes: OutcomeLog,
+    limiter: Limiter,
+    breaker: Mutex<Breaker>,
+    breakers: kv::Store,
 }
 
 /// Delivers to `provider` until `shutdown` starts draining, then finishes what is in
-/// flight.
+/// flight and gives up the lease.
 pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Result<(), Error> {
     let nats = nats::connect(&settings.nats, &format!("delivery-{provider}")).await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
@@ -79,13 +135,88 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         .watch(&shutdown)
         .await?;
     let secrets = SecretSource::new(&settings.secrets.dir);
+    let instance = settings
+        .delivery
+        .instance
+        .clone()
+        .unwrap_or_else(default_instance);
 
     let Some(mut target) = wait_for_provider(&mut catalog, &provider, &secrets, &shutdown).await?
     else {
         return Ok(());
     };
+    let shared = Arc::new(Shared {
+        ledger: Ledger::open(&nats.jetstream).await?,
+        deliver: nats
+            .jetstream
+            .get_stream_no_info(topology::DELIVER)
+            .await
+            .map_err(switchyard_core::Error::nats)?,
+        outcomes: OutcomeLog::new(nats.jetstream.clone(), &provider),
+        limiter: Limiter::new(target.provider.rate_limit.as_ref()),
+        breaker: Mutex::new(Breaker::new(target.provider.breaker.clone())),
+        breakers: nats
+            .jetstream
+            .get_key_value(topology::BREAKERS_BUCKET)
+            .await
+            .map_err(switchyard_core::Error::nats)?,
+        provider: provider.clone(),
+        nats,
+    });
+
+    loop {
+        let Some(mut lease) = lease::acquire(
+            &shared.nats.jetstream,
+            &provider,
+            &instance,
+            settings.delivery.lease_ttl,
+            &shutdown,
+        )
+        .await?
+        else {
+            break;
+        };
+        shared.restore_breaker().await;
+        let active = shutdown.child();
+        let keep = async {
+            lease.keep(&active).await;
+            active.trigger();
+        };
+        let (_, delivered) = tokio::join!(
+            keep,
+            deliver(&shared, &mut target, &mut catalog, &secrets, &active)
+        );
+        delivered?;
+        if shutdown.is_shutting_down() {
+            lease.release().await;
+            break;
+        }
+        tracing::warn!(provider, "lost the lease; standing by again");
+    }
+    Ok(())
+}
+
+fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Pulls and delivers while `active` lasts.
+async fn deliver(
+    shared: &Arc<Shared>,
+    target: &mut Arc<Target>,
+    catalog: &mut watch::Receiver<Arc<Snapshot>>,
+    secrets: &SecretSource,
+    active: &Shutdown,
+) -> Result<(), Error> {
+    let provider = &shared.provider;
     let config = pull::Config {
-        durable_name: Some(topology::delivery_consumer(&provider)),
+        durable_name: Some(topology::delivery_consumer(provider)),
         description: Some(format!("Switchyard delivery to {provider}")),
         filter_subject: format!("deliver.{provider}.>"),
         ack_policy: AckPolicy::Explicit,
@@ -96,11 +227,11 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         ..Default::default()
     };
     let mut subscription = Subscription::new(
-        &nats.jetstream,
+        &shared.nats.jetstream,
         topology::DELIVER,
         config,
         target.provider.max_in_flight,
-        &shutdown,
+        active,
     )
     .await?;
     tracing::info!(provider, url = %target.provider.url, "delivery consuming DELIVER");
@@ -108,16 +239,44 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
     let mut tasks = JoinSet::new();
     loop {
         if catalog.has_changed().unwrap_or(false)
-            && let Some(updated) = refresh(&mut catalog, &provider, &secrets)
+            && let Some(updated) = refresh(catalog, provider, secrets)
         {
-            target = updated;
+            shared
+                .limiter
+                .set_limit(updated.provider.rate_limit.as_ref());
+            shared
+                .breaker
+                .lock()
+                .expect("breaker lock")
+                .set_policy(updated.provider.breaker.clone());
+            *target = updated;
         }
-        if tasks.len() >= target.provider.max_in_flight {
+        let max_in_flight = target.provider.max_in_flight;
+        if tasks.len() >= max_in_flight {
             tasks.join_next().await;
             continue;
         }
+        // While the breaker is open or the provider asked for a pause, do not pull:
+        // waiting costs no attempts and holds no messages.
+        let allowance = shared
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .pull_allowance(Instant::now());
+        let hold = match allowance {
+            Err(wait) => Some(wait),
+            Ok(_) => shared.limiter.paused_for(),
+        };
         let busy = !tasks.is_empty();
-        let room = target.provider.max_in_flight - tasks.len();
+        if let Some(wait) = hold {
+            tokio::select! {
+                () = active.cancelled() => break,
+                Some(_) = tasks.join_next(), if busy => {}
+                () = tokio::time::sleep(wait.min(PACING_STEP)) => {}
+            }
+            continue;
+        }
+        let room = (max_in_flight - tasks.len()).min(allowance.unwrap_or(usize::MAX));
         let message = tokio::select! {
             biased;
             Some(_) = tasks.join_next(), if busy => continue,
@@ -125,9 +284,9 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         };
         let Some(message) = message else { break };
         let delivery = Delivery {
-            nats: nats.clone(),
-            provider: provider.clone(),
+            shared: shared.clone(),
             target: target.clone(),
+            active: active.clone(),
         };
         tasks.spawn(async move { delivery.handle(message).await });
     }
@@ -147,11 +306,7 @@ async fn wait_for_provider(
     loop {
         let snapshot = catalog.borrow_and_update().clone();
         if let Some(config) = snapshot.catalog.provider(provider) {
-            let sender = Sender::new(config, secrets)?;
-            return Ok(Some(Arc::new(Target {
-                provider: config.clone(),
-                sender,
-            })));
+            return Ok(Some(Arc::new(Target::new(config, secrets)?)));
         }
         tracing::warn!(
             provider,
@@ -159,11 +314,7 @@ async fn wait_for_provider(
         );
         tokio::select! {
             () = shutdown.cancelled() => return Ok(None),
-            changed = catalog.changed() => {
-                if changed.is_err() {
-                    return Ok(None);
-                }
-            }
+            changed = catalog.changed() => if changed.is_err() { return Ok(None) },
         }
     }
 }
@@ -183,17 +334,14 @@ fn refresh(
         );
         return None;
     };
-    match Sender::new(config, secrets) {
-        Ok(sender) => {
+    match Target::new(config, secrets) {
+        Ok(target) => {
             tracing::info!(
                 provider,
                 revision = snapshot.revision,
                 "provider configuration updated"
             );
-            Some(Arc::new(Target {
-                provider: config.clone(),
-                sender,
-            }))
+            Some(Arc::new(target))
         }
         Err(err) => {
             tracing::error!(provider, error = %err, "new provider configuration unusable; keeping the previous one");
@@ -202,120 +350,367 @@ fn refresh(
     }
 }
 
-/// Everything one message's delivery needs.
-struct Delivery {
-    nats: Nats,
-    provider: String,
-    target: Arc<Target>,
+/// The breaker state kept in KV, so a restarted or new active replica honours it.
+#[derive(Debug, Serialize, Deserialize)]
+struct BreakerRecord {
+    state: State,
+    /// When it opened, in Unix milliseconds.
+    opened_at_ms: Option<i64>,
+    cool_down_ms: u64,
 }
 
-/// One line of the attempt log on `outcome.<provider>`.
-#[derive(Debug, Serialize)]
-struct Outcome<'a> {
-    event_id: &'a str,
-    route: &'a str,
-    provider: &'a str,
-    attempt: u32,
-    status: Option<u16>,
-    latency_ms: f64,
-    outcome: &'a str,
-    reason: Option<&'a str>,
-    at: String,
+impl Shared {
+    /// Loads the breaker state of the provider from KV.
+    async fn restore_breaker(&self) {
+        let record = match self.breakers.get(&self.provider).await {
+            Ok(Some(bytes)) => serde_json::from_slice::<BreakerRecord>(&bytes).ok(),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the breaker state; starting closed");
+                None
+            }
+        };
+        let Some(record) = record.filter(|r| r.state != State::Closed) else {
+            return;
+        };
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+        let open_until = record.opened_at_ms.unwrap_or(now_ms) + record.cool_down_ms as i64;
+        let remaining = Duration::from_millis(open_until.saturating_sub(now_ms).max(0) as u64);
+        self.breaker.lock().expect("breaker lock").restore_open(
+            Instant::now(),
+            remaining,
+            Duration::from_millis(record.cool_down_ms),
+        );
+        tracing::warn!(
+            provider = self.provider,
+            remaining_s = remaining.as_secs(),
+            "the breaker was open; honouring it"
+        );
+    }
+
+    /// Persists, logs and publishes a breaker transition.
+    async fn breaker_changed(&self, transition: Transition, cool_down: Duration) {
+        tracing::warn!(provider = self.provider, from = %transition.from, to = %transition.to, reason = transition.reason, "breaker");
+        self.outcomes.breaker(&transition);
+        let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+        let record = BreakerRecord {
+            state: transition.to,
+            opened_at_ms: (transition.to == State::Open).then_some(now_ms),
+            cool_down_ms: cool_down.as_millis() as u64,
+        };
+        let value = serde_json::to_vec(&record).expect("breaker records serialize");
+        if let Err(err) = self.breakers.put(&self.provider, value.into()).await {
+            tracing::warn!(error = %err, "breaker state not stored");
+        }
+    }
+}
+
+/// Everything one message's delivery needs.
+struct Delivery {
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    active: Shutdown,
+}
+
+/// Why a message left without a counted attempt.
+enum Deferral {
+    /// Hand it back (shutdown or lease loss).
+    HandBack,
+    /// Try again after this long.
+    After(Duration),
 }
 
 impl Delivery {
     async fn handle(self, message: jetstream::Message) {
-        let (attempt, sequence) = match message.info() {
-            Ok(info) => (
-                u32::try_from(info.delivered).unwrap_or(u32::MAX),
-                info.stream_sequence,
-            ),
-            Err(err) => {
-                tracing::error!(error = %err, "message without JetStream metadata");
-                return;
-            }
+        let Ok(info) = message.info() else {
+            tracing::error!(subject = %message.subject, "message without JetStream metadata");
+            return;
         };
+        let (sequence, delivered) = (info.stream_sequence, info.delivered);
         let message_headers = message.headers.as_ref();
-        let event_id = headers::get(message_headers, headers::EVENT_ID)
-            .unwrap_or("")
-            .to_owned();
-        let route = headers::get(message_headers, headers::ROUTE)
-            .unwrap_or("")
-            .to_owned();
-        let idempotency_key = headers::get(message_headers, headers::NATS_MSG_ID)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("deliver-{sequence}"));
+        let header = |name| headers::get(message_headers, name).unwrap_or("").to_owned();
+        let (event_id, route) = (header(headers::EVENT_ID), header(headers::ROUTE));
+        let idempotency_key = match (event_id.is_empty(), route.is_empty()) {
+            (false, false) => format!("{event_id}:{route}"),
+            _ => headers::get(message_headers, headers::NATS_MSG_ID)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("deliver-{sequence}")),
+        };
         let span = tracing::info_span!(
             "delivery send",
             otel.kind = "client",
             http.request.method = self.target.provider.method.as_str(),
             url.full = %self.target.provider.url,
             http.response.status_code = tracing::field::Empty,
-            provider = %self.provider,
+            provider = %self.shared.provider,
             route = %route,
             event_id = %event_id,
-            attempt,
+            attempt = tracing::field::Empty,
         );
         headers::set_parent_from(&span, message_headers);
-        let mut trace = HeaderMap::new();
-        headers::inject_span(&span, &mut trace);
-
-        let send = self.target.sender.send(
-            message.payload.clone(),
-            message_headers,
-            &idempotency_key,
-            attempt,
-            &trace,
-        );
-        let result = keep_alive(&message, send).instrument(span.clone()).await;
-        if let Some(status) = result.status {
-            span.record("http.response.status_code", status);
-        }
-        let policy = &self.target.provider.retry;
-        let exhausted = attempt >= policy.max_attempts;
-        let outcome = match result.verdict {
-            Verdict::Delivered => "delivered",
-            Verdict::Retryable if !exhausted => "retry",
-            Verdict::Retryable => "exhausted",
-            Verdict::Rejected => "rejected",
-        };
-        self.record(&event_id, &route, attempt, &result, outcome);
-
-        let settled = async {
-            match outcome {
-                "delivered" => message.double_ack().await,
-                "retry" => {
-                    let delay = policy.backoff(attempt);
-                    tracing::info!(
-                        reason = result.reason.as_deref(),
-                        delay_ms = delay.as_millis() as u64,
-                        "attempt failed; will retry"
-                    );
-                    message.ack_with(AckKind::Nak(Some(delay))).await
+        let work = async {
+            if headers::get(message_headers, headers::ORDERING_KEY).is_some()
+                && let Some(wait) = self.earlier_pending(&message, sequence, delivered).await
+            {
+                return self.settle(&message, AckKind::Nak(Some(wait))).await;
+            }
+            let ledger_key = Ledger::key(&idempotency_key);
+            let record = match self.shared.ledger.get(&ledger_key).await {
+                Ok(record) => record,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the delivery record; trying later");
+                    return self
+                        .settle(&message, AckKind::Nak(Some(SETTLE_RETRY)))
+                        .await;
                 }
-                category => {
-                    tracing::warn!(
-                        category,
-                        reason = result.reason.as_deref(),
-                        "dead-lettering"
-                    );
-                    match self.dead_letter(&message, category, attempt, &result).await {
-                        Ok(()) => message.double_ack().await,
-                        Err(err) => {
-                            tracing::error!(error = %err, "dead letter not stored; will retry");
-                            message
-                                .ack_with(AckKind::Nak(Some(DEAD_LETTER_RETRY)))
-                                .await
-                        }
+            };
+            if record.delivered {
+                tracing::info!(
+                    idempotency_key,
+                    "already delivered; acking without sending again"
+                );
+                return self.settle(&message, AckKind::Ack).await;
+            }
+            let attempt = record.attempts + 1;
+            tracing::Span::current().record("attempt", attempt);
+            self.attempt(
+                &message,
+                &idempotency_key,
+                &ledger_key,
+                record,
+                &event_id,
+                &route,
+            )
+            .await;
+        };
+        keep_alive(&message, work.instrument(span)).await;
+    }
+
+    /// A delay when an earlier message with the same ordering key is still owed.
+    async fn earlier_pending(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        delivered: i64,
+    ) -> Option<Duration> {
+        match self
+            .shared
+            .deliver
+            .get_first_raw_message_by_subject(message.subject.as_str(), 0)
+            .await
+        {
+            Ok(first) if first.sequence < sequence => {
+                let step = 250u64 << (delivered.clamp(1, 6) - 1);
+                Some(Duration::from_millis(step.min(5_000)))
+            }
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot check the ordering key; waiting");
+                Some(SETTLE_RETRY)
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        message: &jetstream::Message,
+        idempotency_key: &str,
+        ledger_key: &str,
+        mut record: Record,
+        event_id: &str,
+        route: &str,
+    ) {
+        let probe = match self.pace().await {
+            Ok(probe) => probe,
+            Err(Deferral::HandBack) => {
+                return self.settle(message, AckKind::Nak(Some(HAND_BACK))).await;
+            }
+            Err(Deferral::After(delay)) => {
+                return self.settle(message, AckKind::Nak(Some(delay))).await;
+            }
+        };
+        let mut answer = self
+            .send(message, idempotency_key, record.attempts + 1)
+            .await;
+        let mut verdict = classify(&answer, &self.target.provider.retry);
+        if verdict == Verdict::Unauthorized && self.target.auth.unauthorized().await {
+            tracing::info!("401 with a cached token; retrying once with a fresh one");
+            answer = self
+                .send(message, idempotency_key, record.attempts + 1)
+                .await;
+            verdict = classify(&answer, &self.target.provider.retry);
+        }
+        if let Some(status) = answer.status {
+            tracing::Span::current().record("http.response.status_code", status);
+        }
+        if let Some((remaining, reset)) = answer.budget {
+            self.shared.limiter.limit_until_reset(remaining, reset);
+        }
+        // Only a provider that was called and failed counts against the breaker.
+        let failed = verdict == Verdict::Retryable && !answer.not_sent;
+        let transition = {
+            let mut breaker = self.shared.breaker.lock().expect("breaker lock");
+            breaker
+                .record(Instant::now(), !failed, probe)
+                .map(|transition| (transition, breaker.cool_down()))
+        };
+        if let Some((transition, cool_down)) = transition {
+            self.shared.breaker_changed(transition, cool_down).await;
+        }
+
+        let policy = &self.target.provider.retry;
+        let attempt = record.attempts + 1;
+        record.last_status = answer.status;
+        let reason = answer.reason();
+        let category = match verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Deferred(_) => "deferred",
+            Verdict::Retryable if attempt < policy.attempts() => "retry",
+            Verdict::Retryable => "exhausted",
+            Verdict::Unauthorized | Verdict::Rejected => "rejected",
+        };
+        self.shared.outcomes.attempt(&outcome::Attempt {
+            event_id,
+            route,
+            attempt,
+            status: answer.status,
+            latency_ms: answer.latency.as_secs_f64() * 1000.0,
+            category,
+            reason: reason.as_deref(),
+        });
+        match (verdict, category) {
+            (Verdict::Delivered, _) => {
+                record.delivered = true;
+                if let Err(err) = self.shared.ledger.put(ledger_key, &record).await {
+                    tracing::warn!(error = %err, "delivery record not stored; acking anyway");
+                }
+                self.settle(message, AckKind::Ack).await;
+            }
+            (Verdict::Deferred(delay), _) => {
+                tracing::info!(
+                    delay_ms = delay.as_millis() as u64,
+                    status = answer.status,
+                    "the provider asked for a pause; pausing every delivery"
+                );
+                self.shared.limiter.pause_for(delay);
+                self.settle(message, AckKind::Nak(Some(delay))).await;
+            }
+            (_, "retry") => {
+                record.attempts = attempt;
+                let delay = policy.delay_after(attempt, fastrand::f64());
+                tracing::info!(
+                    reason,
+                    delay_ms = delay.as_millis() as u64,
+                    "attempt failed; will retry"
+                );
+                if let Err(err) = self.shared.ledger.put(ledger_key, &record).await {
+                    tracing::warn!(error = %err, "attempt count not stored");
+                }
+                self.settle(message, AckKind::Nak(Some(delay))).await;
+            }
+            (_, category) => {
+                tracing::warn!(category, reason, "dead-lettering");
+                match self.dead_letter(message, category, attempt, &answer).await {
+                    Ok(()) => self.settle(message, AckKind::Ack).await,
+                    Err(err) => {
+                        tracing::error!(error = %err, "dead letter not stored; will retry");
+                        self.settle(message, AckKind::Nak(Some(SETTLE_RETRY))).await;
                     }
                 }
             }
         }
-        .instrument(span)
-        .await;
-        if let Err(err) = settled {
-            tracing::warn!(event_id, error = %err, "could not settle the message; the server will redeliver it");
+    }
+
+    /// Waits until the pace and the breaker let a request go; `Ok(true)` when it is
+    /// the breaker's probe.
+    async fn pace(&self) -> Result<bool, Deferral> {
+        loop {
+            if self.active.is_shutting_down() {
+                return Err(Deferral::HandBack);
+            }
+            if let Err(wait) = self.shared.limiter.try_acquire() {
+                tokio::select! {
+                    () = self.active.cancelled() => return Err(Deferral::HandBack),
+                    () = tokio::time::sleep(wait.min(PACING_STEP)) => continue,
+                }
+            }
+            let (permit, transition) = {
+                let mut breaker = self.shared.breaker.lock().expect("breaker lock");
+                let (permit, transition) = breaker.permit(Instant::now());
+                (permit, transition.map(|t| (t, breaker.cool_down())))
+            };
+            if let Some((transition, cool_down)) = transition {
+                self.shared.breaker_changed(transition, cool_down).await;
+            }
+            match permit {
+                Permit::Allow => return Ok(false),
+                Permit::Probe => return Ok(true),
+                Permit::Wait(wait) if wait > PACING_STEP => return Err(Deferral::After(wait)),
+                Permit::Wait(wait) => tokio::time::sleep(wait).await,
+            }
         }
+    }
+
+    /// Sends the message once with its metadata, trace context and credentials.
+    async fn send(
+        &self,
+        message: &jetstream::Message,
+        idempotency_key: &str,
+        attempt: u32,
+    ) -> Answer {
+        let message_headers = message.headers.as_ref();
+        let mut extra = reqwest::header::HeaderMap::new();
+        let mut put = |name: &str, value: &str| {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                extra.insert(name, value);
+            }
+        };
+        put(
+            "content-type",
+            headers::get(message_headers, headers::CONTENT_TYPE).unwrap_or("application/json"),
+        );
+        put("idempotency-key", idempotency_key);
+        put("switchyard-attempt", &attempt.to_string());
+        for name in [
+            headers::EVENT_ID,
+            headers::SOURCE,
+            headers::EVENT_TYPE,
+            headers::ROUTE,
+            headers::MAPPING,
+        ] {
+            if let Some(value) = headers::get(message_headers, name) {
+                put(name, value);
+            }
+        }
+        let mut trace = HeaderMap::new();
+        headers::inject_current(&mut trace);
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = headers::get(Some(&trace), name) {
+                put(name, value);
+            }
+        }
+        match self
+            .target
+            .auth
+            .headers(idempotency_key, &message.payload)
+            .await
+        {
+            Ok(credentials) => extra.extend(credentials),
+            Err(err) => {
+                return Answer {
+                    error: Some(err.to_string()),
+                    not_sent: true,
+                    ..Default::default()
+                };
+            }
+        }
+        self.target
+            .sender
+            .send(message.payload.clone(), extra)
+            .await
     }
 
     /// Publishes the original with the failure's metadata to `dlq.<provider>` and waits
@@ -324,28 +719,38 @@ impl Delivery {
         &self,
         message: &jetstream::Message,
         category: &str,
-        attempt: u32,
-        result: &Attempt,
+        attempts: u32,
+        answer: &Answer,
     ) -> Result<(), String> {
         let mut out = message.headers.clone().unwrap_or_default();
         let original_id = headers::get(Some(&out), headers::NATS_MSG_ID)
             .map(str::to_owned)
-            .unwrap_or_else(event::new_event_id);
+            .unwrap_or_else(|| {
+                format!(
+                    "deliver-{}",
+                    message.info().map(|i| i.stream_sequence).unwrap_or(0)
+                )
+            });
         out.insert(headers::NATS_MSG_ID, format!("{original_id}:dlq").as_str());
         out.insert(headers::FAILURE_CATEGORY, category);
+        let reason = answer.reason().unwrap_or_default();
         out.insert(
             headers::FAILURE_REASON,
-            headers::sanitize_value(result.reason.as_deref().unwrap_or("")).as_str(),
+            headers::sanitize_value(&reason).as_str(),
         );
-        out.insert(headers::ATTEMPTS, attempt.to_string().as_str());
-        if let Some(status) = result.status {
+        out.insert(headers::ATTEMPTS, attempts.to_string().as_str());
+        if let Some(status) = answer.status {
             out.insert(headers::LAST_STATUS, status.to_string().as_str());
         }
+        if !answer.excerpt.is_empty() {
+            out.insert(headers::RESPONSE_EXCERPT, answer.excerpt.as_str());
+        }
         headers::inject_current(&mut out);
-        self.nats
+        self.shared
+            .nats
             .jetstream
             .publish_with_headers(
-                topology::dlq_subject(&self.provider),
+                topology::dlq_subject(&self.shared.provider),
                 out,
                 message.payload.clone(),
             )
@@ -356,43 +761,27 @@ impl Delivery {
         Ok(())
     }
 
-    /// Publishes the attempt record without holding up the delivery.
-    fn record(&self, event_id: &str, route: &str, attempt: u32, result: &Attempt, outcome: &str) {
-        let record = Outcome {
-            event_id,
-            route,
-            provider: &self.provider,
-            attempt,
-            status: result.status,
-            latency_ms: result.latency.as_secs_f64() * 1000.0,
-            outcome,
-            reason: result.reason.as_deref(),
-            at: event::now_rfc3339(),
+    /// Acks (waiting for the server) or NAKs the message, logging a failure once.
+    async fn settle(&self, message: &jetstream::Message, kind: AckKind) {
+        let result = match kind {
+            AckKind::Ack => message.double_ack().await,
+            other => message.ack_with(other).await,
         };
-        let body = serde_json::to_vec(&record).expect("outcomes serialize");
-        let jetstream = self.nats.jetstream.clone();
-        let subject = topology::outcome_subject(&self.provider);
-        tokio::spawn(async move {
-            let stored = async { jetstream.publish(subject, body.into()).await?.await }.await;
-            if let Err(err) = stored {
-                tracing::warn!(error = %err, "outcome record not stored");
-            }
-        });
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "could not settle the message; the server will redeliver it");
+        }
     }
 }
 
-/// Runs `send` while telling the server every so often that the message is still being
-/// worked on, so a slow provider never causes a redelivery mid-request.
-async fn keep_alive<F: std::future::Future<Output = Attempt>>(
-    message: &jetstream::Message,
-    send: F,
-) -> Attempt {
-    tokio::pin!(send);
+/// Runs `work` while telling the server every so often that the message is still being
+/// worked on, so waiting for the pace or a slow provider never causes a redelivery.
+async fn keep_alive(message: &jetstream::Message, work: impl std::future::Future<Output = ()>) {
+    tokio::pin!(work);
     let mut progress = tokio::time::interval(ACK_WAIT / 3);
     progress.tick().await;
     loop {
         tokio::select! {
-            result = &mut send => return result,
+            () = &mut work => return,
             _ = progress.tick() => {
                 let _ = message.ack_with(AckKind::Progress).await;
             }

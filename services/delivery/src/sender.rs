@@ -1,15 +1,17 @@
-//! Sends one delivery to the provider and classifies the answer.
+//! Sends one delivery and classifies the answer.
 //!
-//! The classification is made once, here: delivered (2xx), retryable (timeouts,
-//! connection errors, 408, 425, 429, 5xx) or rejected (any other answer). It alone
-//! decides between ack, NAK with a delay and the dead-letter queue.
+//! The classification is made once, here: delivered (2xx); deferred (429 or 503 with
+//! `Retry-After`: the whole provider pauses and the message's retry budget is not
+//! spent); retryable (timeouts, connection errors, and the statuses in the provider's
+//! `retry_on`, by default 408, 425, 429 and 5xx); unauthorized (401, retried once with
+//! fresh OAuth2 credentials); rejected (anything else). It alone decides between ack,
+//! NAK with a delay and the dead-letter queue.
 
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
-use reqwest::header::{self, HeaderName, HeaderValue};
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use switchyard_core::{
-    catalog::{self, Provider},
+    catalog::{self, Provider, RetryPolicy},
     headers,
     secrets::{ExposeSecret, SecretSource},
 };
@@ -19,46 +21,95 @@ use crate::Error;
 /// Bytes of a failed response kept for the outcome record and the dead letter.
 const RESPONSE_EXCERPT: usize = 512;
 
-/// What became of one attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The provider accepted the delivery.
-    Delivered,
-    /// A later attempt may succeed.
-    Retryable,
-    /// No attempt can succeed.
-    Rejected,
-}
-
-/// One attempt and its result.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    /// The classification.
-    pub verdict: Verdict,
+/// What the provider answered to one request.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
     /// The HTTP status, when the provider answered.
     pub status: Option<u16>,
-    /// Why it did not succeed, with a bounded excerpt of the response.
-    pub reason: Option<String>,
+    /// What went wrong before any answer (timeout, connection, credentials).
+    pub error: Option<String>,
+    /// The request was never sent (its credentials could not be obtained).
+    pub not_sent: bool,
+    /// `Retry-After`, as a delay from now.
+    pub retry_after: Option<Duration>,
+    /// Requests the provider still takes before its limit resets, and when it resets.
+    pub budget: Option<(u64, Duration)>,
+    /// The start of the response body of a failed request, one bounded line.
+    pub excerpt: String,
+    /// Where a 3xx pointed.
+    pub location: Option<String>,
     /// Time from sending to the answer (or failure).
     pub latency: Duration,
 }
 
-/// A provider's endpoint with its headers resolved, ready to send.
+/// What to do after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The provider accepted the delivery.
+    Delivered,
+    /// The provider asked for a pause; nothing is counted.
+    Deferred(Duration),
+    /// A later attempt may succeed; counts against the retry budget.
+    Retryable,
+    /// The credentials were refused.
+    Unauthorized,
+    /// No attempt can succeed.
+    Rejected,
+}
+
+/// Classifies `answer` under `retry`.
+pub fn classify(answer: &Answer, retry: &RetryPolicy) -> Verdict {
+    let Some(status) = answer.status else {
+        return Verdict::Retryable;
+    };
+    match (status, answer.retry_after) {
+        (200..=299, _) => Verdict::Delivered,
+        (429 | 503, Some(delay)) => Verdict::Deferred(delay),
+        (401, _) if !retry.retries_status(401) => Verdict::Unauthorized,
+        (status, _) if retry.retries_status(status) => Verdict::Retryable,
+        _ => Verdict::Rejected,
+    }
+}
+
+impl Answer {
+    /// Why this attempt did not succeed, for logs, outcome records and dead letters.
+    pub fn reason(&self) -> Option<String> {
+        if let Some(error) = &self.error {
+            return Some(error.clone());
+        }
+        let status = self.status?;
+        if (200..300).contains(&status) {
+            return None;
+        }
+        let location = self
+            .location
+            .as_ref()
+            .map(|to| format!(" (redirect to {to}; update the provider URL)"))
+            .unwrap_or_default();
+        Some(format!("HTTP {status}{location}"))
+    }
+}
+
+/// A provider's endpoint with its static headers resolved, ready to send.
 pub struct Sender {
     client: reqwest::Client,
     method: reqwest::Method,
     url: reqwest::Url,
-    headers: header::HeaderMap,
+    headers: HeaderMap,
 }
 
 impl Sender {
-    /// Builds the sender for `provider`, reading its secrets.
-    pub fn new(provider: &Provider, secrets: &SecretSource) -> Result<Self, Error> {
+    /// Builds the sender for `provider` with `client`, reading secret header values.
+    pub fn new(
+        provider: &Provider,
+        secrets: &SecretSource,
+        client: reqwest::Client,
+    ) -> Result<Self, Error> {
         let invalid = |what: String| Error::Provider {
             provider: provider.name.clone(),
             reason: what,
         };
-        let mut resolved = header::HeaderMap::new();
+        let mut resolved = HeaderMap::new();
         for (name, value) in &provider.headers {
             let header_name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| invalid(format!("headers.{name} is not a valid header name")))?;
@@ -84,13 +135,6 @@ impl Sender {
             };
             resolved.insert(header_name, header_value);
         }
-        let client = reqwest::Client::builder()
-            .timeout(provider.timeout)
-            .connect_timeout(provider.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| invalid(format!("HTTP client: {err}")))?;
         Ok(Self {
             client,
             method: reqwest::Method::from_bytes(provider.method.as_str().as_bytes())
@@ -103,70 +147,48 @@ impl Sender {
         })
     }
 
-    /// Sends `body` with the delivery's metadata headers and classifies the answer.
-    pub async fn send(
-        &self,
-        body: bytes::Bytes,
-        message_headers: Option<&HeaderMap>,
-        idempotency_key: &str,
-        attempt: u32,
-        trace: &HeaderMap,
-    ) -> Attempt {
-        let mut request = self
+    /// The HTTP client for `provider`: its timeout, no redirects.
+    pub fn client(provider: &Provider) -> Result<reqwest::Client, Error> {
+        reqwest::Client::builder()
+            .timeout(provider.timeout)
+            .connect_timeout(provider.timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|err| Error::Provider {
+                provider: provider.name.clone(),
+                reason: format!("HTTP client: {err}"),
+            })
+    }
+
+    /// Sends `body` with `extra` headers (metadata, trace context, authentication).
+    pub async fn send(&self, body: bytes::Bytes, extra: HeaderMap) -> Answer {
+        let request = self
             .client
             .request(self.method.clone(), self.url.clone())
             .headers(self.headers.clone())
-            .header(
-                header::CONTENT_TYPE,
-                headers::get(message_headers, headers::CONTENT_TYPE).unwrap_or("application/json"),
-            )
-            .header("Idempotency-Key", idempotency_key)
-            .header("Switchyard-Attempt", attempt);
-        for name in [
-            headers::EVENT_ID,
-            headers::SOURCE,
-            headers::EVENT_TYPE,
-            headers::ROUTE,
-            headers::MAPPING,
-        ] {
-            if let Some(value) = headers::get(message_headers, name) {
-                request = request.header(name, value);
-            }
-        }
-        for name in ["traceparent", "tracestate"] {
-            if let Some(value) = headers::get(Some(trace), name) {
-                request = request.header(name, value);
-            }
-        }
+            .headers(extra)
+            .body(body);
         let started = Instant::now();
-        let result = request.body(body).send().await;
-        let attempt = |verdict, status, reason| Attempt {
-            verdict,
-            status,
-            reason,
-            latency: started.elapsed(),
-        };
+        let result = request.send().await;
+        let mut answer = Answer::default();
         match result {
             Ok(response) => {
-                let status = response.status();
-                let code = status.as_u16();
-                if status.is_success() {
-                    return attempt(Verdict::Delivered, Some(code), None);
-                }
-                let verdict = if matches!(code, 408 | 425 | 429) || status.is_server_error() {
-                    Verdict::Retryable
-                } else {
-                    Verdict::Rejected
-                };
-                let location = response
-                    .headers()
+                let status = response.status().as_u16();
+                answer.status = Some(status);
+                let found = response.headers();
+                answer.retry_after = found
+                    .get(header::RETRY_AFTER)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(parse_retry_after);
+                answer.budget = rate_limit_budget(found);
+                answer.location = found
                     .get(header::LOCATION)
                     .and_then(|value| value.to_str().ok())
-                    .map(|to| format!(" (redirect to {to}; update the provider URL)"))
-                    .unwrap_or_default();
-                let excerpt = excerpt(response).await;
-                let reason = format!("HTTP {code}{location}: {excerpt}");
-                attempt(verdict, Some(code), Some(reason))
+                    .map(str::to_owned);
+                if !response.status().is_success() {
+                    answer.excerpt = excerpt(response).await;
+                }
             }
             Err(err) => {
                 let kind = if err.is_timeout() {
@@ -176,11 +198,62 @@ impl Sender {
                 } else {
                     "request failed"
                 };
-                let reason = format!("{kind}: {}", error_chain(&err));
-                attempt(Verdict::Retryable, None, Some(reason))
+                answer.error = Some(format!("{kind}: {}", error_chain(&err)));
             }
         }
+        answer.latency = started.elapsed();
+        answer
     }
+}
+
+/// `Retry-After` as seconds or an HTTP date, as a delay from now.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The provider's remaining budget from `RateLimit-Remaining`/`RateLimit-Reset`, their
+/// `X-RateLimit-` forms, or the combined `RateLimit: remaining=…, reset=…` header. A
+/// reset above a billion is a Unix time, as some providers send.
+pub fn rate_limit_budget(found: &HeaderMap) -> Option<(u64, Duration)> {
+    let number = |name: &str| {
+        found
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|text| text.trim().parse::<u64>().ok())
+    };
+    let (remaining, reset) = match (
+        number("ratelimit-remaining").or_else(|| number("x-ratelimit-remaining")),
+        number("ratelimit-reset").or_else(|| number("x-ratelimit-reset")),
+    ) {
+        (Some(remaining), Some(reset)) => (remaining, reset),
+        _ => {
+            let combined = found.get("ratelimit")?.to_str().ok()?;
+            let param = |key: &str| {
+                combined.split([',', ';']).find_map(|part| {
+                    let (k, v) = part.trim().split_once('=')?;
+                    (k.trim() == key)
+                        .then(|| v.trim().parse::<u64>().ok())
+                        .flatten()
+                })
+            };
+            (param("remaining")?, param("reset")?)
+        }
+    };
+    let reset = if reset > 1_000_000_000 {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() as u64;
+        reset.saturating_sub(now)
+    } else {
+        reset
+    };
+    Some((remaining, Duration::from_secs(reset)))
 }
 
 /// The start of the response body, cut to a bounded length.
@@ -205,4 +278,105 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, retry_after: Option<u64>) -> Answer {
+        Answer {
+            status: Some(status),
+            retry_after: retry_after.map(Duration::from_secs),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn answers_are_classified_once() {
+        let retry = RetryPolicy::default();
+        assert_eq!(classify(&answer(204, None), &retry), Verdict::Delivered);
+        assert_eq!(
+            classify(&answer(429, Some(3)), &retry),
+            Verdict::Deferred(Duration::from_secs(3))
+        );
+        assert_eq!(
+            classify(&answer(503, Some(0)), &retry),
+            Verdict::Deferred(Duration::ZERO)
+        );
+        assert_eq!(classify(&answer(429, None), &retry), Verdict::Retryable);
+        for status in [408, 425, 500, 502, 504] {
+            assert_eq!(
+                classify(&answer(status, None), &retry),
+                Verdict::Retryable,
+                "{status}"
+            );
+        }
+        assert_eq!(classify(&answer(401, None), &retry), Verdict::Unauthorized);
+        for status in [301, 400, 404, 409, 422] {
+            assert_eq!(
+                classify(&answer(status, None), &retry),
+                Verdict::Rejected,
+                "{status}"
+            );
+        }
+        let timeout = Answer {
+            error: Some("timed out".into()),
+            ..Default::default()
+        };
+        assert_eq!(classify(&timeout, &retry), Verdict::Retryable);
+    }
+
+    #[test]
+    fn the_classification_is_configurable() {
+        let retry: RetryPolicy = serde_json::from_str(r#"{"retry_on": [409, "503"]}"#).unwrap();
+        assert_eq!(classify(&answer(409, None), &retry), Verdict::Retryable);
+        assert_eq!(classify(&answer(500, None), &retry), Verdict::Rejected);
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let delay = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            delay > Duration::from_secs(28) && delay <= Duration::from_secs(30),
+            "{delay:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn rate_limit_headers_in_their_common_forms() {
+        let mut found = HeaderMap::new();
+        found.insert("ratelimit-remaining", HeaderValue::from_static("3"));
+        found.insert("ratelimit-reset", HeaderValue::from_static("10"));
+        assert_eq!(
+            rate_limit_budget(&found),
+            Some((3, Duration::from_secs(10)))
+        );
+
+        let mut found = HeaderMap::new();
+        found.insert(
+            "ratelimit",
+            HeaderValue::from_static("limit=100, remaining=0, reset=7"),
+        );
+        assert_eq!(rate_limit_budget(&found), Some((0, Duration::from_secs(7))));
+
+        let mut found = HeaderMap::new();
+        let reset = time::OffsetDateTime::now_utc().unix_timestamp() + 20;
+        found.insert("x-ratelimit-remaining", HeaderValue::from_static("5"));
+        found.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&reset.to_string()).unwrap(),
+        );
+        let (remaining, until) = rate_limit_budget(&found).unwrap();
+        assert_eq!(remaining, 5);
+        assert!(until >= Duration::from_secs(19) && until <= Duration::from_secs(20));
+        assert_eq!(rate_limit_budget(&HeaderMap::new()), None);
+    }
 }

@@ -199,10 +199,17 @@ impl Transform {
                         format!("{event_id}:{}", route.name).as_str(),
                     );
                     out.insert(headers::CONTENT_TYPE, "application/json");
-                    (
-                        topology::deliver_subject(&route.provider, &route.name),
-                        body.into(),
-                    )
+                    let subject = match Routing::ordering_key(compiled, &message.payload) {
+                        Some(key) => {
+                            out.insert(
+                                headers::ORDERING_KEY,
+                                headers::sanitize_value(&key).as_str(),
+                            );
+                            topology::ordered_deliver_subject(&route.provider, &route.name, &key)
+                        }
+                        None => topology::deliver_subject(&route.provider, &route.name),
+                    };
+                    (subject, body.into())
                 }
                 Ok(Output::Skipped(reason)) => {
                     tracing::debug!(route = %route.name, reason = ?reason, "mapping skipped the event");

@@ -18,6 +18,8 @@ pub struct CompiledRoute {
     pub mapping: String,
     /// The compiled program.
     pub program: Arc<Program>,
+    /// The compiled ordering-key expression, if the route has one.
+    pub ordering_key: Option<Program>,
 }
 
 /// Every route of one catalog revision.
@@ -47,22 +49,38 @@ impl Routing {
             };
             programs.insert(reference, program);
         }
-        let routes = catalog
-            .routes
-            .iter()
-            .filter_map(|route| {
-                let program = programs.get(&route.mapping)?.clone();
-                Some(CompiledRoute {
-                    route: route.clone(),
-                    mapping: route.mapping.to_string(),
-                    program,
-                })
-            })
-            .collect();
+        let mut routes = Vec::new();
+        for route in &catalog.routes {
+            let Some(program) = programs.get(&route.mapping).cloned() else {
+                continue;
+            };
+            let ordering_key = match &route.ordering_key {
+                Some(expression) => {
+                    Some(Program::compile(expression).map_err(|err| (route.mapping.clone(), err))?)
+                }
+                None => None,
+            };
+            routes.push(CompiledRoute {
+                route: route.clone(),
+                mapping: route.mapping.to_string(),
+                program,
+                ordering_key,
+            });
+        }
         Ok(Self {
             revision,
             routes,
             programs,
+        })
+    }
+
+    /// The ordering key of an event on `route`, when the route has one and it yields a
+    /// value: a text value as it is, anything else as JSON.
+    pub fn ordering_key(route: &CompiledRoute, body: &[u8]) -> Option<String> {
+        let value = route.ordering_key.as_ref()?.evaluate_json(body).ok()??;
+        Some(match value {
+            vrl::value::Value::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            other => serde_json::to_string(&other).ok()?,
         })
     }
 

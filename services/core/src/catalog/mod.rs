@@ -6,10 +6,15 @@
 //! when it is applied, never discovered per event. Mappings are immutable once
 //! published under `name@version`.
 
+mod policy;
 mod store;
 
 use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
+pub use policy::{
+    Auth, Backoff, BreakerPolicy, Delay, OAuth2, RateLimit, RetryPolicy,
+    STANDARD_WEBHOOKS_SCHEDULE, SecretName, StatusMatch,
+};
 use serde::{Deserialize, Serialize};
 pub use store::{BUCKET, CatalogStore, Snapshot};
 
@@ -67,9 +72,18 @@ pub struct Provider {
     /// Requests in flight to this provider at once.
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
+    /// How each request authenticates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    /// Requests allowed over time; none means no limit beyond `max_in_flight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// What happens after a retryable failure.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// When to stop calling a failing provider for a while.
+    #[serde(default)]
+    pub breaker: BreakerPolicy,
 }
 
 /// HTTP methods a delivery can use.
@@ -115,43 +129,6 @@ pub struct SecretRef {
     /// Text sent before the secret, e.g. `"Bearer "`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
-}
-
-/// Retry policy of a provider: exponential backoff, capped, up to a number of attempts.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryPolicy {
-    /// Attempts in all, including the first; after the last failure the event is
-    /// dead-lettered as `exhausted`.
-    pub max_attempts: u32,
-    /// Delay before the second attempt.
-    #[serde(with = "humantime_serde")]
-    pub initial_backoff: Duration,
-    /// Each further delay is the previous one times this factor.
-    pub backoff_factor: f64,
-    /// Upper bound of any delay.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 10,
-            initial_backoff: Duration::from_secs(1),
-            backoff_factor: 2.0,
-            max_backoff: Duration::from_secs(300),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Delay before the attempt after `attempt` (1-based) failed.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(64) as i32;
-        let secs = self.initial_backoff.as_secs_f64() * self.backoff_factor.powi(exponent);
-        Duration::from_secs_f64(secs.min(self.max_backoff.as_secs_f64()))
-    }
 }
 
 /// A VRL program published under `name@version`.
@@ -245,6 +222,10 @@ pub struct Route {
     pub mapping: MappingRef,
     /// The provider that receives the mapped body.
     pub provider: String,
+    /// A VRL expression over the incoming event; events with the same value reach the
+    /// provider in ingest order. No ordering when unset or when it yields null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 impl Route {
@@ -463,6 +444,11 @@ impl Catalog {
                     format!("no mapping {}", route.mapping),
                 );
             }
+            if let Some(key) = &route.ordering_key
+                && let Err(err) = mapping::Program::compile(key)
+            {
+                fail(format!("{at}.ordering_key"), err.to_string());
+            }
             if route.event_types.is_empty() {
                 fail(
                     format!("{at}.event_types"),
@@ -678,25 +664,159 @@ fn validate_provider(provider: &Provider, at: &str, fail: &mut impl FnMut(String
             _ => {}
         }
     }
+    validate_policies(provider, at, fail);
+}
+
+fn validate_policies(provider: &Provider, at: &str, fail: &mut impl FnMut(String, String)) {
     let retry = &provider.retry;
-    if retry.max_attempts == 0 {
+    if retry.schedule.is_some() && retry.backoff.is_some() {
+        fail(
+            format!("{at}.retry"),
+            "give either schedule or backoff, not both".into(),
+        );
+    }
+    if retry.max_attempts == Some(0) {
         fail(
             format!("{at}.retry.max_attempts"),
             "must be at least 1".into(),
         );
     }
-    if !(retry.backoff_factor.is_finite() && retry.backoff_factor >= 1.0) {
+    if retry.schedule.as_ref().is_some_and(Vec::is_empty) {
         fail(
-            format!("{at}.retry.backoff_factor"),
-            "must be a number of at least 1".into(),
+            format!("{at}.retry.schedule"),
+            "needs at least one delay".into(),
         );
     }
-    if retry.max_backoff < retry.initial_backoff {
+    if let Some(backoff) = &retry.backoff {
+        if !(backoff.factor.is_finite() && backoff.factor >= 1.0) {
+            fail(
+                format!("{at}.retry.backoff.factor"),
+                "must be a number of at least 1".into(),
+            );
+        }
+        if backoff.initial.is_zero() || backoff.max < backoff.initial {
+            fail(
+                format!("{at}.retry.backoff"),
+                "initial must be longer than 0s and max at least initial".into(),
+            );
+        }
+    }
+    if let Some(limit) = &provider.rate_limit {
+        if limit.requests == 0 || limit.per.is_zero() {
+            fail(
+                format!("{at}.rate_limit"),
+                "requests and per must be more than 0".into(),
+            );
+        }
+        if limit.burst == 0 {
+            fail(
+                format!("{at}.rate_limit.burst"),
+                "must be at least 1".into(),
+            );
+        }
+    }
+    let breaker = &provider.breaker;
+    if breaker.consecutive_failures == 0 {
         fail(
-            format!("{at}.retry.max_backoff"),
-            "must not be shorter than retry.initial_backoff".into(),
+            format!("{at}.breaker.consecutive_failures"),
+            "must be at least 1".into(),
         );
     }
+    if !(breaker.failure_ratio > 0.0 && breaker.failure_ratio <= 1.0) {
+        fail(
+            format!("{at}.breaker.failure_ratio"),
+            "must be above 0 and at most 1".into(),
+        );
+    }
+    if breaker.window.is_zero() || breaker.cool_down.is_zero() {
+        fail(
+            format!("{at}.breaker"),
+            "window and cool_down must be longer than 0s".into(),
+        );
+    }
+    if breaker.max_cool_down < breaker.cool_down {
+        fail(
+            format!("{at}.breaker.max_cool_down"),
+            "must not be shorter than cool_down".into(),
+        );
+    }
+    let secret = |path: String, name: &str, fail: &mut dyn FnMut(String, String)| {
+        if !crate::secrets::is_valid_name(name) {
+            fail(
+                path,
+                format!("{name:?} is not a valid secret name (letters, digits, '_', '-', '.')"),
+            );
+        }
+    };
+    let path = format!("{at}.auth");
+    match &provider.auth {
+        None => {}
+        Some(Auth::Bearer(name)) => secret(format!("{path}.bearer.secret"), &name.secret, fail),
+        Some(Auth::Basic { username, password }) => {
+            if username.is_empty() || username.contains(':') {
+                fail(
+                    format!("{path}.basic.username"),
+                    "must be non-empty without ':'".into(),
+                );
+            }
+            secret(
+                format!("{path}.basic.password.secret"),
+                &password.secret,
+                fail,
+            );
+        }
+        Some(Auth::ApiKey {
+            header,
+            secret: name,
+            ..
+        }) => {
+            if !is_header_name(header) {
+                fail(
+                    format!("{path}.api_key.header"),
+                    format!("{header:?} is not a valid HTTP header name"),
+                );
+            }
+            secret(format!("{path}.api_key.secret"), name, fail);
+        }
+        Some(Auth::Oauth2(oauth)) => {
+            if !matches!(url::Url::parse(&oauth.token_url), Ok(url) if matches!(url.scheme(), "http" | "https"))
+            {
+                fail(
+                    format!("{path}.oauth2.token_url"),
+                    format!("{:?} is not an http(s) URL", oauth.token_url),
+                );
+            }
+            if oauth.client_id.is_empty() {
+                fail(
+                    format!("{path}.oauth2.client_id"),
+                    "must not be empty".into(),
+                );
+            }
+            secret(
+                format!("{path}.oauth2.client_secret.secret"),
+                &oauth.client_secret.secret,
+                fail,
+            );
+        }
+        Some(Auth::StandardWebhooks { secrets }) => {
+            if secrets.is_empty() {
+                fail(
+                    format!("{path}.standard_webhooks.secrets"),
+                    "needs at least one secret".into(),
+                );
+            }
+            for (i, name) in secrets.iter().enumerate() {
+                secret(format!("{path}.standard_webhooks.secrets[{i}]"), name, fail);
+            }
+        }
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Names become NATS subject tokens and consumer names: keep them to a safe alphabet.

@@ -33,6 +33,8 @@ fn parses_the_documented_format_with_defaults() {
     assert_eq!(provider.method, HttpMethod::Post);
     assert_eq!(provider.timeout, Duration::from_secs(10));
     assert_eq!(provider.retry, RetryPolicy::default());
+    assert_eq!(provider.breaker, BreakerPolicy::default());
+    assert!(provider.auth.is_none() && provider.rate_limit.is_none());
     assert_eq!(
         provider.headers["Authorization"],
         HeaderValue::Secret(SecretRef {
@@ -130,15 +132,6 @@ fn event_types_are_checked_before_they_become_subjects() {
 }
 
 #[test]
-fn backoff_grows_and_is_capped() {
-    let retry = RetryPolicy::default();
-    assert_eq!(retry.backoff(1), Duration::from_secs(1));
-    assert_eq!(retry.backoff(2), Duration::from_secs(2));
-    assert_eq!(retry.backoff(4), Duration::from_secs(8));
-    assert_eq!(retry.backoff(30), Duration::from_secs(300));
-}
-
-#[test]
 fn apply_merges_and_plans() {
     let current = catalog();
     let bundle = Catalog::parse_yaml(
@@ -207,4 +200,42 @@ fn published_mapping_versions_are_immutable() {
     let err = current.apply(&bundle, false).unwrap_err();
     assert_eq!(err.0[0].path, "mappings[0]");
     assert!(err.0[0].message.contains("publish version 2"), "{err}");
+}
+
+#[test]
+fn provider_policies_are_validated_with_their_paths() {
+    let broken = CATALOG.replace(
+        "    headers:\n",
+        "    retry: { schedule: [1s], backoff: { initial: 1s, max: 2s } }\n    rate_limit: { requests: 0 }\n    breaker: { failure_ratio: 1.5 }\n    auth: { basic: { username: \"a:b\", password: { secret: \"no way\" } } }\n    headers:\n",
+    );
+    let err = Catalog::from_yaml(&broken).unwrap_err();
+    let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+    for expected in [
+        "providers[0].retry",
+        "providers[0].rate_limit",
+        "providers[0].breaker.failure_ratio",
+        "providers[0].auth.basic.username",
+        "providers[0].auth.basic.password.secret",
+    ] {
+        assert!(paths.contains(&expected), "{expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn an_ordering_key_must_compile() {
+    let keyed = CATALOG.replace(
+        "    provider: crm\n",
+        "    provider: crm\n    ordering_key: .customer.id\n",
+    );
+    let catalog = Catalog::from_yaml(&keyed).unwrap();
+    assert_eq!(
+        catalog.routes[0].ordering_key.as_deref(),
+        Some(".customer.id")
+    );
+    let broken = CATALOG.replace(
+        "    provider: crm\n",
+        "    provider: crm\n    ordering_key: upcase(\n",
+    );
+    let err = Catalog::from_yaml(&broken).unwrap_err();
+    assert_eq!(err.0[0].path, "routes[0].ordering_key");
 }

@@ -1,0 +1,79 @@
+//! What is known about each delivery across retries, restarts and replicas.
+//!
+//! One KV record per idempotency key (in `switchyard-delivered`, kept for the
+//! configured horizon) holds the attempts counted so far and whether the provider
+//! already accepted it. Counted attempts exclude deferrals — a rate-limit pause, an
+//! open breaker, an ordering wait — so those never spend a message's retry budget. A
+//! `delivered` record stops a resend when a 2xx was received but its ack was lost.
+
+use async_nats::jetstream::{self, kv};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use switchyard_core::{Error, topology};
+
+/// The record of one idempotency key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// Failed attempts counted against the retry budget.
+    pub attempts: u32,
+    /// The provider accepted it.
+    #[serde(default)]
+    pub delivered: bool,
+    /// The last HTTP status seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+}
+
+/// The KV bucket of records.
+#[derive(Clone)]
+pub struct Ledger {
+    kv: kv::Store,
+}
+
+impl Ledger {
+    /// Opens the bucket created by `ensure_topology`.
+    pub async fn open(jetstream: &jetstream::Context) -> Result<Self, Error> {
+        let kv = jetstream
+            .get_key_value(topology::DELIVERED_BUCKET)
+            .await
+            .map_err(Error::nats)?;
+        Ok(Self { kv })
+    }
+
+    /// The KV key of an idempotency key: a hash, since idempotency keys may hold any
+    /// characters and KV keys may not.
+    pub fn key(idempotency_key: &str) -> String {
+        let digest = Sha256::digest(idempotency_key.as_bytes());
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The record of `key`; an empty one when there is none.
+    pub async fn get(&self, key: &str) -> Result<Record, Error> {
+        match self.kv.get(key).await.map_err(Error::nats)? {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|err| Error::Nats(format!("unreadable delivery record {key}: {err}"))),
+            None => Ok(Record::default()),
+        }
+    }
+
+    /// Stores the record of `key` and waits until it is stored.
+    pub async fn put(&self, key: &str, record: &Record) -> Result<(), Error> {
+        let value = serde_json::to_vec(record).expect("records serialize");
+        self.kv.put(key, value.into()).await.map_err(Error::nats)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stable_kv_safe_hashes() {
+        let key = Ledger::key("01a2:orders");
+        assert_eq!(key.len(), 32);
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(key, Ledger::key("01a2:orders"));
+        assert_ne!(key, Ledger::key("01a2:other"));
+    }
+}

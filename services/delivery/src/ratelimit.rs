@@ -1,0 +1,200 @@
+//! The provider's pace: a token bucket, pauses ordered by the provider, and a budget
+//! taken from its rate-limit headers.
+//!
+//! One active process owns a provider, so one limiter in that process is the limit.
+//! A token bucket of `burst` tokens refilled at `rate` per second lets through at most
+//! `rate × window + burst` requests in any window. A `Retry-After` pauses every request
+//! until then; `RateLimit-Remaining`/`RateLimit-Reset` headers cap what is sent until
+//! the reset, so sending slows before the provider has to answer 429.
+
+use std::{sync::Mutex, time::Duration};
+
+use switchyard_core::catalog::RateLimit;
+use tokio::time::Instant;
+
+/// Shared pacing state of one provider.
+#[derive(Debug)]
+pub struct Limiter {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Tokens per second and bucket size; `None` is unlimited.
+    rate: Option<(f64, f64)>,
+    tokens: f64,
+    refilled: Instant,
+    paused_until: Option<Instant>,
+    /// Requests the provider said it will still take before `until`.
+    budget: Option<(u64, Instant)>,
+}
+
+impl Limiter {
+    /// A limiter for `limit` (unlimited when `None`), starting with a full bucket.
+    pub fn new(limit: Option<&RateLimit>) -> Self {
+        let rate = limit.map(|limit| (limit.per_second(), f64::from(limit.burst)));
+        Self {
+            state: Mutex::new(State {
+                rate,
+                tokens: rate.map_or(0.0, |(_, burst)| burst),
+                refilled: Instant::now(),
+                paused_until: None,
+                budget: None,
+            }),
+        }
+    }
+
+    /// Applies a changed limit, keeping the tokens already in the bucket.
+    pub fn set_limit(&self, limit: Option<&RateLimit>) {
+        let mut state = self.state.lock().expect("limiter lock");
+        state.rate = limit.map(|limit| (limit.per_second(), f64::from(limit.burst)));
+        if let Some((_, burst)) = state.rate {
+            state.tokens = state.tokens.min(burst);
+        }
+    }
+
+    /// Takes permission for one request now, or says how long to wait first.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.try_acquire_at(Instant::now())
+    }
+
+    fn try_acquire_at(&self, now: Instant) -> Result<(), Duration> {
+        let mut state = self.state.lock().expect("limiter lock");
+        if let Some(until) = state.paused_until {
+            if until > now {
+                return Err(until - now);
+            }
+            state.paused_until = None;
+        }
+        if let Some((left, until)) = state.budget {
+            if until <= now {
+                state.budget = None;
+            } else if left == 0 {
+                return Err(until - now);
+            }
+        }
+        if let Some((rate, burst)) = state.rate {
+            let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
+            state.tokens = (state.tokens + elapsed * rate).min(burst);
+            state.refilled = now;
+            if state.tokens < 1.0 {
+                return Err(Duration::from_secs_f64((1.0 - state.tokens) / rate));
+            }
+            state.tokens -= 1.0;
+        }
+        if let Some((left, _)) = &mut state.budget {
+            *left -= 1;
+        }
+        Ok(())
+    }
+
+    /// Waits for permission to send one request.
+    pub async fn acquire(&self) {
+        while let Err(wait) = self.try_acquire() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Nothing is sent before `now + delay` (a longer pause already set wins).
+    pub fn pause_for(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut state = self.state.lock().expect("limiter lock");
+        if state.paused_until.is_none_or(|current| current < until) {
+            state.paused_until = Some(until);
+        }
+    }
+
+    /// How long sending stays paused, if it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let state = self.state.lock().expect("limiter lock");
+        state
+            .paused_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+
+    /// The provider will take only `remaining` more requests in the next `reset`.
+    pub fn limit_until_reset(&self, remaining: u64, reset: Duration) {
+        let until = Instant::now() + reset;
+        self.state.lock().expect("limiter lock").budget = Some((remaining, until));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(requests: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            requests,
+            per: Duration::from_secs(1),
+            burst,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_then_the_rate() {
+        let limiter = Limiter::new(Some(&limit(10, 3)));
+        let start = Instant::now();
+        for _ in 0..3 {
+            limiter.acquire().await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO, "the burst is free");
+        for _ in 0..10 {
+            limiter.acquire().await;
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(999) && elapsed <= Duration::from_millis(1001),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_rate_times_window_plus_burst() {
+        let limiter = Limiter::new(Some(&limit(20, 5)));
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..200 {
+            limiter.acquire().await;
+            sent.push(start.elapsed());
+        }
+        for (i, at) in sent.iter().enumerate() {
+            let window = Duration::from_secs(1);
+            let in_window = sent[i..].iter().take_while(|t| **t < *at + window).count();
+            assert!(
+                in_window <= 20 + 5,
+                "{in_window} requests in the second after {at:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_everything_and_the_longest_wins() {
+        let limiter = Limiter::new(None);
+        limiter.pause_for(Duration::from_secs(5));
+        limiter.pause_for(Duration::from_secs(2));
+        assert_eq!(limiter.try_acquire(), Err(Duration::from_secs(5)));
+        let start = Instant::now();
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        assert_eq!(limiter.paused_for(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_providers_remaining_budget_is_respected_until_reset() {
+        let limiter = Limiter::new(None);
+        limiter.limit_until_reset(2, Duration::from_secs(3));
+        let start = Instant::now();
+        limiter.acquire().await;
+        limiter.acquire().await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        limiter.acquire().await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(3),
+            "the third waits for the reset"
+        );
+    }
+}
