@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test build lint fmt nats-server
+.PHONY: run test build lint fmt nats-server python-deps
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -11,7 +11,7 @@ run: nats-server
 	./target/debug/switchyard dev --catalog $(CATALOG)
 
 ## test: the whole test suite against a real nats-server
-test: nats-server
+test: nats-server python-deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -44,3 +44,7 @@ nats-server:
 		echo "no apt-get here: install nats-server 2.9 or newer yourself, or set NATS_SERVER_BIN" >&2; exit 1; \
 	fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server
+
+# The reference Standard Webhooks library checks the signatures delivery sends.
+python-deps:
+	@python3 -c "import standardwebhooks" 2>/dev/null || python3 -m pip install --quiet standardwebhooks

@@ -123,6 +123,7 @@ async fn a_provider_that_fails_the_first_attempts_still_gets_every_event() {
     // This test is about retries: a breaker would (rightly) trip on a provider that
     // fails two requests in three, so it is set not to.
     let policies = "
+    max_in_flight: 32
     retry:
       max_attempts: 5
       backoff: { initial: 50ms, factor: 2, max: 400ms }

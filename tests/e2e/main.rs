@@ -1,15 +1,21 @@
 //! End-to-end tests: a real nats-server, the services in-process, fake providers that
 //! are real HTTP servers. Assertions are on what the provider received.
 
+mod auth;
+mod chaos;
 mod control;
 mod delivery;
 mod flow;
 mod ingest;
+mod lease;
+mod ordering;
+mod pacing;
 mod topology;
 
 /// Retry and breaker settings of the test provider unless a test gives its own: quick
 /// retries, and a breaker that trips as by default but stays open only briefly.
 pub const POLICIES: &str = "
+    max_in_flight: 32
     retry:
       max_attempts: 5
       backoff: { initial: 50ms, factor: 2, max: 400ms }
@@ -33,8 +39,7 @@ sources:
 providers:
   - name: crm
     url: {provider_url}/contacts
-    timeout: 2s
-    max_in_flight: 32{policies}
+    timeout: 2s{policies}
 mappings:
   - name: order-to-contact
     version: 1
@@ -57,4 +62,43 @@ routes:
 /// An order event as the shop sends it.
 pub fn order(id: &str, total: i64) -> serde_json::Value {
     serde_json::json!({"id": id, "email": format!("User-{id}@Shop.Example"), "total": total})
+}
+
+/// Publishes an order per id straight to NATS, as any client would, and waits for
+/// JetStream to store them all. Ids are also the idempotency keys.
+pub async fn publish_orders(
+    pipeline: &switchyard_tests::Pipeline,
+    event_type: &str,
+    ids: &[String],
+) {
+    // Acks are awaited in chunks: a JetStream context holds at most 5,000 unanswered.
+    let mut acks: Vec<async_nats::jetstream::context::PublishAckFuture> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if acks.len() == 1000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("shop:{id}").as_str());
+        let body = serde_json::to_vec(&order(id, i as i64)).unwrap();
+        acks.push(
+            pipeline
+                .jetstream
+                .publish_with_headers(format!("ingest.shop.{event_type}"), headers, body.into())
+                .await
+                .unwrap(),
+        );
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+/// The order id in a delivered body.
+pub fn order_id(request: &switchyard_tests::Received) -> String {
+    request.json()["order"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -57,6 +57,23 @@ impl Pipeline {
         settings: Settings,
         catalog: &str,
     ) -> anyhow::Result<Self> {
+        Self::launch(nats, settings, catalog, true).await
+    }
+
+    /// Everything but delivery, which the test runs itself (in-process with
+    /// [`Pipeline::start_delivery`] or as processes it can kill).
+    pub async fn start_without_delivery(catalog: &str) -> anyhow::Result<Self> {
+        let nats = TestNats::start().await?;
+        let settings = Self::settings(nats.url());
+        Self::launch(nats, settings, catalog, false).await
+    }
+
+    async fn launch(
+        nats: TestNats,
+        settings: Settings,
+        catalog: &str,
+        deliveries: bool,
+    ) -> anyhow::Result<Self> {
         let connection = nats::connect(&settings.nats, "test").await?;
         topology::ensure_topology(&connection.jetstream, &settings.topology).await?;
         let catalog = Catalog::from_yaml(catalog)?;
@@ -94,8 +111,10 @@ impl Pipeline {
             shutdown,
             deliveries: Mutex::default(),
         };
-        for provider in &catalog.providers {
-            pipeline.start_delivery(&provider.name);
+        if deliveries {
+            for provider in &catalog.providers {
+                pipeline.start_delivery(&provider.name);
+            }
         }
         Ok(pipeline)
     }
@@ -174,6 +193,28 @@ impl Pipeline {
             }
         }
         messages
+    }
+}
+
+impl Pipeline {
+    /// The value of `key` in KV bucket `bucket`, as JSON.
+    pub async fn kv_json(&self, bucket: &str, key: &str) -> Option<serde_json::Value> {
+        let store = self
+            .jetstream
+            .get_key_value(bucket)
+            .await
+            .expect("bucket exists");
+        let value = store.get(key).await.expect("KV answers")?;
+        serde_json::from_slice(&value).ok()
+    }
+
+    /// Every record on `outcome.<provider>` so far, oldest first.
+    pub async fn outcomes(&self) -> Vec<serde_json::Value> {
+        self.stream_messages("OUTCOMES")
+            .await
+            .iter()
+            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .collect()
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Received {
     pub attempt: usize,
     /// When it arrived.
     pub at: std::time::Instant,
+    /// When it arrived, on the wall clock (to compare with outcome records).
+    pub wall: std::time::SystemTime,
 }
 
 impl Received {
@@ -60,6 +62,8 @@ pub struct Reply {
     pub delay: Duration,
     /// Extra response headers.
     pub headers: Vec<(&'static str, String)>,
+    /// Response body.
+    pub body: String,
 }
 
 impl Reply {
@@ -69,6 +73,7 @@ impl Reply {
             status,
             delay: Duration::ZERO,
             headers: Vec::new(),
+            body: String::new(),
         }
     }
 
@@ -82,6 +87,18 @@ impl Reply {
         self.delay = delay;
         self
     }
+
+    /// Add a response header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Answer with this body.
+    pub fn body(mut self, body: impl Into<String>) -> Self {
+        self.body = body.into();
+        self
+    }
 }
 
 type Behaviour = dyn Fn(&Received) -> Reply + Send + Sync;
@@ -89,6 +106,9 @@ type Behaviour = dyn Fn(&Received) -> Reply + Send + Sync;
 struct State {
     log: Mutex<Vec<Received>>,
     attempts: Mutex<HashMap<String, usize>>,
+    /// Idempotency keys answered with 2xx, kept as requests arrive so waiting on them
+    /// costs nothing however long the log grows.
+    accepted: Mutex<HashSet<String>>,
     behaviour: Box<Behaviour>,
 }
 
@@ -111,6 +131,7 @@ impl FakeProvider {
         let state = Arc::new(State {
             log: Mutex::default(),
             attempts: Mutex::default(),
+            accepted: Mutex::default(),
             behaviour: Box::new(behaviour),
         });
         let handler_state = state.clone();
@@ -150,16 +171,13 @@ impl FakeProvider {
 
     /// Idempotency keys of accepted requests, each once.
     pub fn accepted_keys(&self) -> HashSet<String> {
-        self.accepted()
-            .iter()
-            .map(|r| r.idempotency_key().to_owned())
-            .collect()
+        self.state.accepted.lock().expect("accepted").clone()
     }
 
     /// Waits until `count` distinct idempotency keys have been accepted.
     pub async fn wait_for_accepted(&self, count: usize, timeout: Duration) {
         crate::eventually(timeout, &format!("{count} accepted deliveries"), || async {
-            (self.accepted_keys().len() >= count).then_some(())
+            (self.state.accepted.lock().expect("accepted").len() >= count).then_some(())
         })
         .await;
     }
@@ -190,16 +208,26 @@ async fn handle(state: Arc<State>, request: Request) -> impl IntoResponse {
         status: 0,
         attempt,
         at: std::time::Instant::now(),
+        wall: std::time::SystemTime::now(),
     };
     let reply = (state.behaviour)(&received);
     // Recorded on arrival: a provider acts on a request even if its answer is lost.
     received.status = reply.status;
+    if received.accepted() {
+        state
+            .accepted
+            .lock()
+            .expect("accepted")
+            .insert(received.idempotency_key().to_owned());
+    }
     state.log.lock().expect("log").push(received);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let mut response = StatusCode::from_u16(reply.status)
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        reply.body,
+    )
         .into_response();
     for (name, value) in reply.headers {
         if let Ok(value) = http::HeaderValue::from_str(&value) {

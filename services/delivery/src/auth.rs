@@ -163,16 +163,24 @@ impl Authenticator {
         }
     }
 
-    /// The provider answered 401: forget a cached token. Returns whether a retry with
-    /// fresh credentials can help.
-    pub async fn unauthorized(&self) -> bool {
-        match self {
-            Self::OAuth2(source) => {
-                *source.cached.lock().await = None;
-                true
-            }
-            _ => false,
+    /// The provider answered 401 to a request sent with `sent` credentials: forget the
+    /// cached token if it is the one refused (another request may already have
+    /// fetched a new one). Returns whether a retry with fresh credentials can help.
+    pub async fn unauthorized(&self, sent: &HeaderMap) -> bool {
+        let Self::OAuth2(source) = self else {
+            return false;
+        };
+        let refused = sent
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let mut cached = source.cached.lock().await;
+        let cached_is_refused = cached.as_ref().is_some_and(|(token, _)| {
+            refused == Some(format!("Bearer {}", token.expose_secret()).as_str())
+        });
+        if cached_is_refused {
+            *cached = None;
         }
+        true
     }
 }
 

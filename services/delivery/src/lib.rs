@@ -23,6 +23,7 @@ mod auth;
 pub mod breaker;
 mod lease;
 mod ledger;
+mod ordering;
 mod outcome;
 pub mod ratelimit;
 pub mod sender;
@@ -60,6 +61,7 @@ use crate::{
     auth::Authenticator,
     breaker::{Breaker, Permit, State, Transition},
     ledger::{Ledger, Record},
+    ordering::{Gate, Turn},
     outcome::OutcomeLog,
     ratelimit::Limiter,
     sender::{Answer, Sender, Verdict, classify},
@@ -123,6 +125,7 @@ struct Shared {
     limiter: Limiter,
     breaker: Mutex<Breaker>,
     breakers: kv::Store,
+    gate: Arc<Gate>,
 }
 
 /// Delivers to `provider` until `shutdown` starts draining, then finishes what is in
@@ -160,6 +163,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
             .get_key_value(topology::BREAKERS_BUCKET)
             .await
             .map_err(switchyard_core::Error::nats)?,
+        gate: Arc::default(),
         provider: provider.clone(),
         nats,
     });
@@ -283,12 +287,20 @@ async fn deliver(
             message = subscription.next(room) => message,
         };
         let Some(message) = message else { break };
+        // Registered here, in arrival order, before any task runs.
+        let turn = headers::get(message.headers.as_ref(), headers::ORDERING_KEY)
+            .and(message.info().ok())
+            .map(|info| {
+                shared
+                    .gate
+                    .enter(message.subject.as_str(), info.stream_sequence)
+            });
         let delivery = Delivery {
             shared: shared.clone(),
             target: target.clone(),
             active: active.clone(),
         };
-        tasks.spawn(async move { delivery.handle(message).await });
+        tasks.spawn(async move { delivery.handle(message, turn).await });
     }
     tracing::info!(provider, in_flight = tasks.len(), "delivery draining");
     while tasks.join_next().await.is_some() {}
@@ -421,7 +433,7 @@ enum Deferral {
 }
 
 impl Delivery {
-    async fn handle(self, message: jetstream::Message) {
+    async fn handle(self, message: jetstream::Message, turn: Option<Turn>) {
         let Ok(info) = message.info() else {
             tracing::error!(subject = %message.subject, "message without JetStream metadata");
             return;
@@ -449,10 +461,11 @@ impl Delivery {
         );
         headers::set_parent_from(&span, message_headers);
         let work = async {
-            if headers::get(message_headers, headers::ORDERING_KEY).is_some()
-                && let Some(wait) = self.earlier_pending(&message, sequence, delivered).await
-            {
-                return self.settle(&message, AckKind::Nak(Some(wait))).await;
+            if let Some(turn) = &turn {
+                turn.wait().await;
+                if let Some(wait) = self.earlier_pending(&message, sequence, delivered).await {
+                    return self.settle(&message, AckKind::Nak(Some(wait))).await;
+                }
             }
             let ledger_key = Ledger::key(&idempotency_key);
             let record = match self.shared.ledger.get(&ledger_key).await {
@@ -529,13 +542,13 @@ impl Delivery {
                 return self.settle(message, AckKind::Nak(Some(delay))).await;
             }
         };
-        let mut answer = self
+        let (mut answer, credentials) = self
             .send(message, idempotency_key, record.attempts + 1)
             .await;
         let mut verdict = classify(&answer, &self.target.provider.retry);
-        if verdict == Verdict::Unauthorized && self.target.auth.unauthorized().await {
+        if verdict == Verdict::Unauthorized && self.target.auth.unauthorized(&credentials).await {
             tracing::info!("401 with a cached token; retrying once with a fresh one");
-            answer = self
+            (answer, _) = self
                 .send(message, idempotency_key, record.attempts + 1)
                 .await;
             verdict = classify(&answer, &self.target.provider.retry);
@@ -651,13 +664,14 @@ impl Delivery {
         }
     }
 
-    /// Sends the message once with its metadata, trace context and credentials.
+    /// Sends the message once with its metadata, trace context and credentials;
+    /// returns the answer and the credentials used.
     async fn send(
         &self,
         message: &jetstream::Message,
         idempotency_key: &str,
         attempt: u32,
-    ) -> Answer {
+    ) -> (Answer, reqwest::header::HeaderMap) {
         let message_headers = message.headers.as_ref();
         let mut extra = reqwest::header::HeaderMap::new();
         let mut put = |name: &str, value: &str| {
@@ -692,25 +706,30 @@ impl Delivery {
                 put(name, value);
             }
         }
-        match self
+        let credentials = match self
             .target
             .auth
             .headers(idempotency_key, &message.payload)
             .await
         {
-            Ok(credentials) => extra.extend(credentials),
+            Ok(credentials) => credentials,
             Err(err) => {
-                return Answer {
+                let answer = Answer {
                     error: Some(err.to_string()),
                     not_sent: true,
                     ..Default::default()
                 };
+                return (answer, reqwest::header::HeaderMap::new());
             }
-        }
-        self.target
-            .sender
-            .send(message.payload.clone(), extra)
-            .await
+        };
+        extra.extend(credentials.clone());
+        (
+            self.target
+                .sender
+                .send(message.payload.clone(), extra)
+                .await,
+            credentials,
+        )
     }
 
     /// Publishes the original with the failure's metadata to `dlq.<provider>` and waits

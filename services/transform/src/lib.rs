@@ -22,7 +22,7 @@ use async_nats::{
         context::PublishAckFuture,
     },
 };
-use futures::{StreamExt, stream::FuturesUnordered};
+
 use switchyard_core::{
     catalog::{CatalogStore, Snapshot},
     config::Settings,
@@ -33,7 +33,7 @@ use switchyard_core::{
     shutdown::Shutdown,
     topology,
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinSet};
 use tracing::Instrument;
 
 use crate::routing::Routing;
@@ -85,22 +85,24 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
     transform.refresh(true);
     tracing::info!("transform consuming INGEST");
 
-    let mut in_flight: FuturesUnordered<Settle> = FuturesUnordered::new();
+    // Each message's settlement runs as its own task: it awaits publish acks, and
+    // publishing waits for ack permits that only finished settlements give back, so
+    // settlements must progress while this loop is blocked publishing.
+    let mut in_flight = JoinSet::new();
     loop {
         let busy = !in_flight.is_empty();
         let room = max_in_flight.saturating_sub(in_flight.len());
         let message = tokio::select! {
             biased;
-            Some(()) = in_flight.next(), if busy => continue,
+            Some(_) = in_flight.join_next(), if busy => continue,
             message = subscription.next(room), if room > 0 => message,
         };
         let Some(message) = message else { break };
         transform.refresh(false);
-        let settle = transform.process(message).await;
-        in_flight.push(settle);
+        in_flight.spawn(transform.process(message).await);
     }
     tracing::info!(in_flight = in_flight.len(), "transform draining");
-    while in_flight.next().await.is_some() {}
+    while in_flight.join_next().await.is_some() {}
     subscription.close().await;
     Ok(())
 }

@@ -1,0 +1,84 @@
+//! One active delivery process per provider: a standby takes over within 15 s after
+//! the active one is killed with SIGKILL, losing nothing.
+
+use std::time::{Duration, Instant};
+
+use switchyard_tests::{FakeProvider, Pipeline, Reply, eventually};
+use tokio::process::{Child, Command};
+
+use crate::{catalog, publish_orders};
+
+fn spawn_delivery(pipeline: &Pipeline, instance: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_switchyard-test-delivery"))
+        .args(["--provider", "crm"])
+        .env("SWITCHYARD__NATS__URL", pipeline.nats.url())
+        .env("SWITCHYARD__DELIVERY__INSTANCE", instance)
+        .env("SWITCHYARD__SECRETS__DIR", &pipeline.settings.secrets.dir)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the delivery test binary starts")
+}
+
+async fn holder(pipeline: &Pipeline) -> Option<String> {
+    let lease = pipeline
+        .kv_json("switchyard-leases", "delivery.crm")
+        .await?;
+    lease["holder"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standby_takes_over_within_15s_after_the_active_replica_is_killed() {
+    let provider = FakeProvider::with(|_| Reply::ok().after(Duration::from_millis(20))).await;
+    let pipeline = Pipeline::start_without_delivery(&catalog(provider.url()))
+        .await
+        .unwrap();
+    let mut active = spawn_delivery(&pipeline, "replica-a");
+    eventually(
+        Duration::from_secs(20),
+        "replica-a to hold the lease",
+        || async { (holder(&pipeline).await.as_deref() == Some("replica-a")).then_some(()) },
+    )
+    .await;
+    let _standby = spawn_delivery(&pipeline, "replica-b");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        holder(&pipeline).await.as_deref(),
+        Some("replica-a"),
+        "the standby waits"
+    );
+
+    let ids: Vec<String> = (0..400).map(|i| format!("k{i}")).collect();
+    publish_orders(&pipeline, "order.created", &ids).await;
+    provider
+        .wait_for_accepted(100, Duration::from_secs(30))
+        .await;
+
+    active.start_kill().expect("SIGKILL");
+    active.wait().await.unwrap();
+    let killed = Instant::now();
+    let before = provider.received().len();
+    eventually(Duration::from_secs(15), "the standby to send", || async {
+        (provider.received().len() > before).then_some(())
+    })
+    .await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {takeover:?}");
+    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+    assert_eq!(holder(&pipeline).await.as_deref(), Some("replica-b"));
+
+    provider
+        .wait_for_accepted(400, Duration::from_secs(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = provider.received();
+    let keys = provider.accepted_keys();
+    assert_eq!(keys.len(), 400, "every event reached the provider");
+    // A provider that honours Idempotency-Key acts on each key once; only the requests
+    // the killed replica had in flight may be repeated, with the same key.
+    let repeats = received.len() - 400;
+    assert!(
+        repeats <= 32,
+        "{repeats} repeated requests (max_in_flight is 32)"
+    );
+    eprintln!("requests repeated after the kill: {repeats}");
+}
