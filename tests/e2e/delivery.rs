@@ -362,4 +362,25 @@ async fn the_breaker_opens_stops_sending_and_closes_after_a_good_probe() {
         .await
         .unwrap();
     assert_eq!(closed["state"], "closed");
+
+    // Each transition is also a metric.
+    let metrics = switchyard_core::metrics::encode();
+    assert!(
+        metrics.contains("switchyard_breaker_state{provider=\"crm\"} 0"),
+        "{metrics}"
+    );
+    for (from, to) in [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ] {
+        let series = format!(
+            "switchyard_breaker_transitions_total{{provider=\"crm\",from=\"{from}\",to=\"{to}\"}}"
+        );
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+    assert!(
+        metrics.contains("switchyard_deliveries_total{provider=\"crm\",outcome=\"delivered\"} 20"),
+        "{metrics}"
+    );
 }

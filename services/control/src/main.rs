@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let _guard = telemetry::init(&settings.telemetry, "control")?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
+    switchyard_core::admin::start(&settings, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(settings.control.listen)
         .await
         .with_context(|| format!("control.listen {}", settings.control.listen))?;

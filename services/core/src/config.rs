@@ -36,6 +36,24 @@ pub struct Settings {
     pub dev: DevSettings,
     /// Where secrets referenced by name are read from.
     pub secrets: SecretsSettings,
+    /// The admin listener (metrics, health).
+    pub admin: AdminSettings,
+}
+
+/// The admin listener of a service: `/metrics` and `/healthz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address of the admin HTTP listener.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: ([0, 0, 0, 0], 9090).into(),
+        }
+    }
 }
 
 /// Where secrets referenced by name are read from: `<dir>/<name>`, then the

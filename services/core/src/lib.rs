@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod consumer;
@@ -15,6 +16,7 @@ pub mod event;
 pub mod headers;
 pub mod local_server;
 pub mod mapping;
+pub mod metrics;
 pub mod nats;
 pub mod secrets;
 pub mod shutdown;

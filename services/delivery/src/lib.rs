@@ -49,6 +49,7 @@ use switchyard_core::{
     config::Settings,
     consumer::Subscription,
     headers,
+    metrics::{self, DeliveryLabels, ProviderLabels, TransitionLabels},
     nats::{self, Nats},
     secrets::SecretSource,
     shutdown::Shutdown,
@@ -382,6 +383,13 @@ impl Shared {
                 None
             }
         };
+        let state = record.as_ref().map_or(State::Closed, |r| r.state);
+        metrics::metrics()
+            .breaker_state
+            .get_or_create(&ProviderLabels {
+                provider: self.provider.clone(),
+            })
+            .set(breaker_gauge(state));
         let Some(record) = record.filter(|r| r.state != State::Closed) else {
             return;
         };
@@ -400,10 +408,25 @@ impl Shared {
         );
     }
 
-    /// Persists, logs and publishes a breaker transition.
+    /// Persists, logs, counts and publishes a breaker transition.
     async fn breaker_changed(&self, transition: Transition, cool_down: Duration) {
         tracing::warn!(provider = self.provider, from = %transition.from, to = %transition.to, reason = transition.reason, "breaker");
         self.outcomes.breaker(&transition);
+        let metrics = metrics::metrics();
+        metrics
+            .breaker_state
+            .get_or_create(&ProviderLabels {
+                provider: self.provider.clone(),
+            })
+            .set(breaker_gauge(transition.to));
+        metrics
+            .breaker_transitions
+            .get_or_create(&TransitionLabels {
+                provider: self.provider.clone(),
+                from: transition.from.to_string(),
+                to: transition.to.to_string(),
+            })
+            .inc();
         let now_ms = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
         let record = BreakerRecord {
             state: transition.to,
@@ -582,6 +605,23 @@ impl Delivery {
             Verdict::Retryable => "exhausted",
             Verdict::Unauthorized | Verdict::Rejected => "rejected",
         };
+        let metrics = metrics::metrics();
+        let provider = ProviderLabels {
+            provider: self.shared.provider.clone(),
+        };
+        metrics
+            .deliveries
+            .get_or_create(&DeliveryLabels {
+                provider: provider.provider.clone(),
+                outcome: category.to_owned(),
+            })
+            .inc();
+        if !answer.not_sent {
+            metrics
+                .delivery_duration
+                .get_or_create(&provider)
+                .observe(answer.latency.as_secs_f64());
+        }
         self.shared.outcomes.attempt(&outcome::Attempt {
             event_id,
             route,
@@ -805,5 +845,14 @@ async fn keep_alive(message: &jetstream::Message, work: impl std::future::Future
                 let _ = message.ack_with(AckKind::Progress).await;
             }
         }
+    }
+}
+
+/// The value of `switchyard_breaker_state` for a state.
+fn breaker_gauge(state: State) -> i64 {
+    match state {
+        State::Closed => 0,
+        State::HalfOpen => 1,
+        State::Open => 2,
     }
 }

@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
     let _guard = telemetry::init(&settings.telemetry, "delivery")?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
+    switchyard_core::admin::start(&settings, &shutdown).await?;
     let run = switchyard_delivery::run(settings, provider, shutdown.clone());
     shutdown.spawn("delivery", run);
     shutdown.wait(Duration::from_secs(60)).await?;

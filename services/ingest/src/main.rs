@@ -22,6 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let _guard = telemetry::init(&settings.telemetry, "ingest")?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
+    switchyard_core::admin::start(&settings, &shutdown).await?;
     let listener = tokio::net::TcpListener::bind(settings.ingest.listen)
         .await
         .with_context(|| format!("ingest.listen {}", settings.ingest.listen))?;

@@ -67,6 +67,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
         apply_file(&store, &path).await?;
     }
 
+    switchyard_core::admin::start(&settings, &shutdown).await?;
     let echo = bind(settings.dev.echo_listen, "dev.echo_listen").await?;
     let ingest = bind(settings.ingest.listen, "ingest.listen").await?;
     let control = bind(settings.control.listen, "control.listen").await?;
@@ -99,6 +100,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
         ingest_address,
         control_address,
         echo_address,
+        settings.admin.listen.port(),
     );
     shutdown.wait(Duration::from_secs(30)).await?;
     Ok(())
@@ -218,6 +220,7 @@ fn print_banner(
     ingest: std::net::SocketAddr,
     control: std::net::SocketAddr,
     echo: std::net::SocketAddr,
+    admin_port: u16,
 ) {
     let host = |address: std::net::SocketAddr| {
         if address.ip().is_unspecified() {
@@ -227,10 +230,11 @@ fn print_banner(
         }
     };
     let mut banner = format!(
-        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{}\n  control   {} (gRPC; try `syctl get`)\n  echo      http://{} (logs every delivery)\n",
+        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{}\n  control   {} (gRPC; try `syctl get`)\n  echo      http://{} (logs every delivery)\n  metrics   http://127.0.0.1:{}/metrics\n",
         host(ingest),
         host(control),
         host(echo),
+        admin_port,
     );
     if let Some(route) = catalog.routes.first() {
         let event_type = route

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let _guard = telemetry::init(&settings.telemetry, "transform")?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
+    switchyard_core::admin::start(&settings, &shutdown).await?;
     shutdown.spawn(
         "transform",
         switchyard_transform::run(settings, shutdown.clone()),

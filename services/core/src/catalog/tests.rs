@@ -239,3 +239,24 @@ fn an_ordering_key_must_compile() {
     let err = Catalog::from_yaml(&broken).unwrap_err();
     assert_eq!(err.0[0].path, "routes[0].ordering_key");
 }
+
+#[test]
+fn the_readme_catalog_example_is_valid() {
+    let readme = include_str!("../../../../README.md");
+    let section = &readme[readme.find("## The catalog").expect("a catalog section")..];
+    let start = section.find("```yaml\n").expect("a YAML example") + "```yaml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let catalog = Catalog::from_yaml(example).unwrap_or_else(|err| panic!("README example: {err}"));
+    assert!(matches!(catalog.providers[0].auth, Some(Auth::Oauth2(_))));
+    assert_eq!(
+        catalog.routes[0].ordering_key.as_deref(),
+        Some(".customer.email")
+    );
+}
+
+#[test]
+fn the_quickstart_catalog_is_valid() {
+    let quickstart = include_str!("../../../../deploy/examples/quickstart.yaml");
+    let catalog = Catalog::from_yaml(quickstart).unwrap();
+    assert_eq!(catalog.routes.len(), 1);
+}
