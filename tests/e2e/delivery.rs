@@ -384,3 +384,67 @@ async fn the_breaker_opens_stops_sending_and_closes_after_a_good_probe() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_times_out_and_is_retried() {
+    let provider = FakeProvider::with(|r| {
+        if r.attempt == 1 {
+            Reply::ok().after(Duration::from_secs(5))
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let pipeline =
+        Pipeline::start(&catalog(provider.url()).replace("timeout: 2s", "timeout: 500ms"))
+            .await
+            .unwrap();
+    publish_orders(&pipeline, "order.created", &["slow".to_owned()]).await;
+    eventually(Duration::from_secs(15), "a second attempt", || async {
+        (provider.received().len() >= 2).then_some(())
+    })
+    .await;
+    let first = eventually(
+        Duration::from_secs(5),
+        "the outcome of the first attempt",
+        || async {
+            pipeline
+                .outcomes()
+                .await
+                .into_iter()
+                .find(|o| o["attempt"] == 1)
+        },
+    )
+    .await;
+    assert_eq!(first["category"], "retry");
+    assert!(
+        first["reason"].as_str().unwrap().contains("timed out"),
+        "{first}"
+    );
+    assert!(first["status"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_provider_keeps_its_message_beyond_the_ack_wait() {
+    // 12 s is longer than delivery's 10 s ack wait: without progress acks the server
+    // would hand the message out again while the first request is still running.
+    let provider = FakeProvider::with(|_| Reply::ok().after(Duration::from_secs(12))).await;
+    let pipeline = Pipeline::start(&catalog(provider.url()).replace("timeout: 2s", "timeout: 30s"))
+        .await
+        .unwrap();
+    publish_orders(&pipeline, "order.created", &["patient".to_owned()]).await;
+    eventually(
+        Duration::from_secs(30),
+        "the message to be settled",
+        || async {
+            let done = pipeline.stream_len("DELIVER").await == 0 && !provider.received().is_empty();
+            done.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        provider.received().len(),
+        1,
+        "sent once, though it took longer than the ack wait"
+    );
+}
