@@ -39,6 +39,9 @@ pub const ATTEMPTS: &str = "Switchyard-Attempts";
 pub const LAST_STATUS: &str = "Switchyard-Last-Status";
 /// The start of the provider's last response body, bounded.
 pub const RESPONSE_EXCERPT: &str = "Switchyard-Response-Excerpt";
+/// The catalog revision ingest accepted the event under; transform routes it with
+/// that revision or a newer one.
+pub const CATALOG_REVISION: &str = "Switchyard-Catalog-Revision";
 /// The ingest stream sequence of the original event.
 pub const INGEST_SEQUENCE: &str = "Switchyard-Ingest-Sequence";
 

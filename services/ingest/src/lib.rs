@@ -132,9 +132,13 @@ async fn accept_event(
         event_id = tracing::field::Empty,
     );
     async move {
-        if state.catalog.borrow().catalog.source(&source).is_none() {
-            return Err(Problem::unknown_source(&source));
-        }
+        let revision = {
+            let snapshot = state.catalog.borrow();
+            if snapshot.catalog.source(&source).is_none() {
+                return Err(Problem::unknown_source(&source));
+            }
+            snapshot.revision
+        };
         let event_type = query.event_type.ok_or_else(|| {
             Problem::bad_request("the query parameter `type` (the event type) is required")
         })?;
@@ -148,7 +152,15 @@ async fn accept_event(
             )));
         }
         let idempotency_key = idempotency_key(&request_headers)?;
-        let accepted = publish(&state, &source, &event_type, idempotency_key, body).await?;
+        let accepted = publish(
+            &state,
+            &source,
+            &event_type,
+            idempotency_key,
+            body,
+            revision,
+        )
+        .await?;
         tracing::Span::current().record("event_id", accepted.event_id.as_str());
         let status = if accepted.duplicate {
             StatusCode::OK
@@ -225,6 +237,7 @@ async fn publish(
     event_type: &str,
     idempotency_key: Option<String>,
     body: bytes::Bytes,
+    catalog_revision: u64,
 ) -> Result<Accepted, Problem> {
     let event_id = event::new_event_id();
     let mut message_headers = async_nats::HeaderMap::new();
@@ -237,6 +250,10 @@ async fn publish(
     message_headers.insert(headers::EVENT_ID, event_id.as_str());
     message_headers.insert(headers::RECEIVED_AT, event::now_rfc3339().as_str());
     message_headers.insert(headers::CONTENT_TYPE, "application/json");
+    message_headers.insert(
+        headers::CATALOG_REVISION,
+        catalog_revision.to_string().as_str(),
+    );
     headers::inject_current(&mut message_headers);
 
     let subject = topology::ingest_subject(source, event_type);

@@ -53,10 +53,8 @@ const REPUBLISH_DELAY: Duration = Duration::from_secs(1);
 pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
     let nats = nats::connect(&settings.nats, "transform").await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
-    let catalog = CatalogStore::open(&nats.jetstream)
-        .await?
-        .watch(&shutdown)
-        .await?;
+    let store = CatalogStore::open(&nats.jetstream).await?;
+    let catalog = store.watch(&shutdown).await?;
     let max_in_flight = settings.transform.max_in_flight;
     let config = pull::Config {
         durable_name: Some(topology::TRANSFORM_CONSUMER.to_owned()),
@@ -80,9 +78,11 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
     let mut transform = Transform {
         jetstream: nats.jetstream.clone(),
         catalog,
+        store,
         routing: Routing::default(),
     };
-    transform.refresh(true);
+    let initial = transform.catalog.borrow_and_update().clone();
+    transform.apply(&initial);
     tracing::info!("transform consuming INGEST");
 
     // Each message's settlement runs as its own task: it awaits publish acks, and
@@ -98,7 +98,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
             message = subscription.next(room), if room > 0 => message,
         };
         let Some(message) = message else { break };
-        transform.refresh(false);
+        transform.refresh(&message).await;
         in_flight.spawn(transform.process(message).await);
     }
     tracing::info!(in_flight = in_flight.len(), "transform draining");
@@ -110,6 +110,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
 struct Transform {
     jetstream: jetstream::Context,
     catalog: watch::Receiver<Arc<Snapshot>>,
+    store: CatalogStore,
     routing: Routing,
 }
 
@@ -117,12 +118,34 @@ struct Transform {
 type Settle = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 impl Transform {
-    /// Rebuilds the routes when the catalog changed (or when `force`).
-    fn refresh(&mut self, force: bool) {
-        if !force && !self.catalog.has_changed().unwrap_or(false) {
+    /// Brings the routes up to date before `message` is routed: to the watched
+    /// catalog, and further to the revision ingest accepted the message under when
+    /// the watch has not delivered it yet (so a route applied together with its
+    /// source never misses the source's first events).
+    async fn refresh(&mut self, message: &jetstream::Message) {
+        if self.catalog.has_changed().unwrap_or(false) {
+            let snapshot = self.catalog.borrow_and_update().clone();
+            self.apply(&snapshot);
+        }
+        let accepted_under = headers::get(message.headers.as_ref(), headers::CATALOG_REVISION)
+            .and_then(|revision| revision.parse::<u64>().ok())
+            .unwrap_or(0);
+        if accepted_under <= self.routing.revision {
             return;
         }
-        let snapshot = self.catalog.borrow_and_update().clone();
+        match self.store.load().await {
+            Ok(snapshot) => self.apply(&snapshot),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the catalog; routing with revision {}", self.routing.revision)
+            }
+        }
+    }
+
+    /// Rebuilds the routes from `snapshot` when it is newer than the current ones.
+    fn apply(&mut self, snapshot: &Snapshot) {
+        if snapshot.revision <= self.routing.revision && self.routing.revision != 0 {
+            return;
+        }
         match Routing::build(&snapshot.catalog, snapshot.revision, &self.routing) {
             Ok(routing) => {
                 tracing::info!(revision = snapshot.revision, "routes compiled");
