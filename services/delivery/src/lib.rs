@@ -21,11 +21,9 @@
 
 mod auth;
 pub mod breaker;
-mod lease;
 mod ledger;
 mod ordering;
 mod outcome;
-pub mod ratelimit;
 pub mod sender;
 
 use std::{
@@ -48,9 +46,10 @@ use switchyard_core::{
     catalog::{CatalogStore, Provider, Snapshot},
     config::Settings,
     consumer::Subscription,
-    headers,
+    headers, lease,
     metrics::{self, DeliveryLabels, ProviderLabels, TransitionLabels},
     nats::{self, Nats},
+    ratelimit::Limiter,
     secrets::SecretSource,
     shutdown::Shutdown,
     topology,
@@ -64,7 +63,6 @@ use crate::{
     ledger::{Ledger, Record},
     ordering::{Gate, Turn},
     outcome::OutcomeLog,
-    ratelimit::Limiter,
     sender::{Answer, Sender, Verdict, classify},
 };
 
@@ -172,7 +170,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
     loop {
         let Some(mut lease) = lease::acquire(
             &shared.nats.jetstream,
-            &provider,
+            &format!("delivery.{provider}"),
             &instance,
             settings.delivery.lease_ttl,
             &shutdown,

@@ -1,6 +1,7 @@
-//! One active delivery process per provider, held by a lease in KV.
+//! One active replica per job (a provider's delivery, a source's poller), held by a
+//! lease in KV.
 //!
-//! The lease is the key `delivery.<provider>` in `switchyard-leases`. The holder
+//! A lease is a key such as `delivery.<provider>` in `switchyard-leases`. The holder
 //! renews it every third of its TTL with a compare-and-set on its revision, so two
 //! holders can never both succeed. A standby watches the revision: once it has not
 //! changed for a whole TTL (measured on the standby's own clock, so clock skew between
@@ -11,12 +12,12 @@
 
 use std::time::Duration;
 
+use crate::{Error, shutdown::Shutdown, topology};
 use async_nats::jetstream::{
     self,
     kv::{self, Operation},
 };
 use serde::{Deserialize, Serialize};
-use switchyard_core::{Error, shutdown::Shutdown, topology};
 use tokio::time::Instant;
 
 /// How often a standby looks at the lease.
@@ -37,10 +38,10 @@ pub struct Lease {
     renewed: Instant,
 }
 
-/// Waits until this process holds the lease of `provider`, or `None` on shutdown.
+/// Waits until this process holds the lease `key`, or `None` on shutdown.
 pub async fn acquire(
     jetstream: &jetstream::Context,
-    provider: &str,
+    key: &str,
     instance: &str,
     ttl: Duration,
     shutdown: &Shutdown,
@@ -49,7 +50,7 @@ pub async fn acquire(
         .get_key_value(topology::LEASES_BUCKET)
         .await
         .map_err(Error::nats)?;
-    let key = format!("delivery.{provider}");
+    let key = key.to_owned();
     let value: bytes::Bytes = serde_json::to_vec(&Holder {
         holder: instance.to_owned(),
     })
@@ -72,7 +73,7 @@ pub async fn acquire(
                     .unwrap_or_default();
                 if holder != announced {
                     tracing::info!(
-                        provider,
+                        lease = key,
                         active = holder,
                         "standing by; another replica holds the lease"
                     );
@@ -82,7 +83,7 @@ pub async fn acquire(
                     Some((revision, since)) if revision == entry.revision => {
                         if since.elapsed() >= ttl {
                             tracing::warn!(
-                                provider,
+                                lease = key,
                                 previous = announced,
                                 "the lease was not renewed for {ttl:?}; taking over"
                             );
@@ -98,12 +99,12 @@ pub async fn acquire(
                 }
             }
             Err(err) => {
-                tracing::warn!(provider, error = %err, "cannot read the lease");
+                tracing::warn!(lease = key, error = %err, "cannot read the lease");
                 None
             }
         };
         if let Some(revision) = taken {
-            tracing::info!(provider, instance, "holding the lease; active");
+            tracing::info!(lease = key, instance, "holding the lease; active");
             return Ok(Some(Lease {
                 kv,
                 key,

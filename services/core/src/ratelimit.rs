@@ -1,7 +1,8 @@
-//! The provider's pace: a token bucket, pauses ordered by the provider, and a budget
-//! taken from its rate-limit headers.
+//! Pace: a token bucket, pauses ordered by the other side, and a budget taken from
+//! its rate-limit headers.
 //!
-//! One active process owns a provider, so one limiter in that process is the limit.
+//! Delivery paces each provider with one (one active process owns a provider, so one
+//! limiter in that process is the limit); ingest limits each source with one.
 //! A token bucket of `burst` tokens refilled at `rate` per second lets through at most
 //! `rate × window + burst` requests in any window. A `Retry-After` pauses every request
 //! until then; `RateLimit-Remaining`/`RateLimit-Reset` headers cap what is sent until
@@ -9,7 +10,7 @@
 
 use std::{sync::Mutex, time::Duration};
 
-use switchyard_core::catalog::RateLimit;
+use crate::catalog::RateLimit;
 use tokio::time::Instant;
 
 /// Shared pacing state of one provider.
