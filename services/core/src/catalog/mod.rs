@@ -7,6 +7,7 @@
 //! published under `name@version`.
 
 mod policy;
+mod source;
 mod store;
 
 use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
@@ -16,6 +17,10 @@ pub use policy::{
     STANDARD_WEBHOOKS_SCHEDULE, SecretName, StatusMatch,
 };
 use serde::{Deserialize, Serialize};
+pub use source::{
+    Cursor, Extract, GenericHmac, HmacAlgorithm, OnInvalid, Poll, SchemaRule, SignatureEncoding,
+    Source, Verify,
+};
 pub use store::{BUCKET, CatalogStore, Snapshot};
 
 use crate::mapping;
@@ -36,17 +41,6 @@ pub struct Catalog {
     /// Which events of which source go through which mapping to which provider.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-}
-
-/// A system that sends events in, over HTTP or NATS.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Source {
-    /// Unique name; the `<source>` in `ingest.<source>.<type>` and `/v1/events/<source>`.
-    pub name: String,
-    /// Free text for operators.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub description: String,
 }
 
 /// A third-party HTTP API that events are delivered to.
@@ -231,9 +225,7 @@ pub struct Route {
 impl Route {
     /// Whether `event_type` matches one of this route's patterns.
     pub fn matches_event_type(&self, event_type: &str) -> bool {
-        self.event_types
-            .iter()
-            .any(|pattern| glob_match(pattern, event_type))
+        matches_any(&self.event_types, event_type)
     }
 }
 
@@ -409,6 +401,14 @@ impl Catalog {
 
         for (i, source) in self.sources.iter().enumerate() {
             check_name(&source.name, &format!("sources[{i}].name"), &mut fail);
+            source::validate(source, &format!("sources[{i}]"), &mut fail);
+            for (j, rule) in source.schemas.iter().enumerate() {
+                check_patterns(
+                    &rule.event_types,
+                    &format!("sources[{i}].schemas[{j}].event_types"),
+                    &mut fail,
+                );
+            }
         }
         for (i, provider) in self.providers.iter().enumerate() {
             validate_provider(provider, &format!("providers[{i}]"), &mut fail);
@@ -455,17 +455,7 @@ impl Catalog {
                     "needs at least one pattern (\"*\" matches every type)".into(),
                 );
             }
-            for (j, pattern) in route.event_types.iter().enumerate() {
-                if pattern.is_empty() || !pattern.chars().all(|c| is_event_type_char(c) || c == '*')
-                {
-                    fail(
-                        format!("{at}.event_types[{j}]"),
-                        format!(
-                            "{pattern:?} may use only letters, digits, '_', '-', '.', ':' and '*'"
-                        ),
-                    );
-                }
-            }
+            check_patterns(&route.event_types, &format!("{at}.event_types"), &mut fail);
         }
 
         if errors.is_empty() {
@@ -851,6 +841,24 @@ fn check_unique(
             );
         }
     }
+}
+
+fn check_patterns(patterns: &[String], at: &str, fail: &mut impl FnMut(String, String)) {
+    for (j, pattern) in patterns.iter().enumerate() {
+        if pattern.is_empty() || !pattern.chars().all(|c| is_event_type_char(c) || c == '*') {
+            fail(
+                format!("{at}[{j}]"),
+                format!("{pattern:?} may use only letters, digits, '_', '-', '.', ':' and '*'"),
+            );
+        }
+    }
+}
+
+/// Whether `event_type` matches one of `patterns` (globs where `*` is any run).
+pub fn matches_any(patterns: &[String], event_type: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| glob_match(pattern, event_type))
 }
 
 /// Characters allowed in an event type; dots separate NATS subject tokens.

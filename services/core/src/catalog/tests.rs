@@ -260,3 +260,108 @@ fn the_quickstart_catalog_is_valid() {
     let catalog = Catalog::from_yaml(quickstart).unwrap();
     assert_eq!(catalog.routes.len(), 1);
 }
+
+const SOURCES: &str = r#"
+sources:
+  - name: stripe
+    webhook:
+      verify: { stripe: { secrets: [STRIPE_WHSEC], tolerance: 5m } }
+    rate_limit: { requests: 100, per: 1s, burst: 20 }
+    schemas:
+      - event_types: ["charge.*"]
+        schema: { type: object, required: [id, data] }
+    on_invalid: dead_letter
+  - name: github
+    webhook:
+      verify: { github: { secrets: [GH_SECRET] } }
+  - name: partner
+    api_keys: ["sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+    webhook:
+      verify:
+        hmac: { secrets: [PARTNER], header: X-Signature, algorithm: sha512, encoding: base64, prefix: "v1=", timestamp_header: X-Timestamp }
+      event_type: { json: /event }
+  - name: crm-changes
+    poll:
+      url: https://crm.example.com/api/changes
+      interval: 30s
+      items: /data
+      id: /id
+      event_type: { value: contact.changed }
+      cursor: { param: after, vrl: ".data[-1].id" }
+      etag: true
+"#;
+
+#[test]
+fn sources_take_webhooks_keys_limits_schemas_and_polling() {
+    let catalog = Catalog::from_yaml(SOURCES).unwrap();
+    let stripe = catalog.source("stripe").unwrap();
+    assert_eq!(stripe.on_invalid, OnInvalid::DeadLetter);
+    let webhook = stripe.webhook.as_ref().unwrap();
+    assert_eq!(webhook.verify.secrets(), ["STRIPE_WHSEC"]);
+    assert_eq!(
+        webhook.verify.default_idempotency_key(),
+        Extract::json("/id")
+    );
+    let github = catalog.source("github").unwrap().webhook.as_ref().unwrap();
+    assert_eq!(
+        github.verify.default_event_type(),
+        Some(Extract::header("X-GitHub-Event"))
+    );
+    let Some(Verify::Hmac(hmac)) = catalog
+        .source("partner")
+        .unwrap()
+        .webhook
+        .as_ref()
+        .map(|w| &w.verify)
+    else {
+        panic!("an hmac verifier")
+    };
+    assert_eq!(
+        (hmac.algorithm, hmac.encoding),
+        (HmacAlgorithm::Sha512, SignatureEncoding::Base64)
+    );
+    let poll = catalog
+        .source("crm-changes")
+        .unwrap()
+        .poll
+        .as_ref()
+        .unwrap();
+    assert_eq!(poll.timeout, Duration::from_secs(10));
+    assert!(poll.etag);
+    assert_eq!(Catalog::from_yaml(&catalog.to_yaml()).unwrap(), catalog);
+}
+
+#[test]
+fn source_settings_are_validated_with_their_paths() {
+    let broken = SOURCES
+        .replace("sha256:9f86d0", "9f86d0")
+        .replace("required: [id, data]", "required: 5")
+        .replace("secrets: [GH_SECRET]", "secrets: []")
+        .replace(
+            "event_type: { json: /event }",
+            "event_type: { json: event, header: X-Type }",
+        )
+        .replace("vrl: \".data[-1].id\"", "vrl: \".data[\"");
+    let err = Catalog::from_yaml(&broken).unwrap_err();
+    let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+    for expected in [
+        "sources[2].api_keys[0]",
+        "sources[0].schemas[0].schema",
+        "sources[1].webhook.verify",
+        "sources[2].webhook.event_type",
+        "sources[2].webhook.event_type.json",
+        "sources[3].poll.cursor.vrl",
+    ] {
+        assert!(paths.contains(&expected), "{expected} in {paths:?}");
+    }
+    let two = SOURCES.replace(
+        "verify: { github: { secrets: [GH_SECRET] } }",
+        "verify: { github: { secrets: [A] }, shopify: { secrets: [B] } }",
+    );
+    assert!(
+        Catalog::from_yaml(&two)
+            .unwrap_err()
+            .to_string()
+            .contains("exactly one of")
+    );
+}
