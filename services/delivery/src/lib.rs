@@ -19,7 +19,6 @@
 
 #![forbid(unsafe_code)]
 
-mod auth;
 pub mod breaker;
 mod ledger;
 mod ordering;
@@ -43,6 +42,7 @@ use async_nats::{
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use switchyard_core::{
+    auth::Authenticator,
     catalog::{CatalogStore, Provider, Snapshot},
     config::Settings,
     consumer::Subscription,
@@ -58,7 +58,6 @@ use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::Instrument;
 
 use crate::{
-    auth::Authenticator,
     breaker::{Breaker, Permit, State, Transition},
     ledger::{Ledger, Record},
     ordering::{Gate, Turn},
@@ -108,7 +107,12 @@ impl Target {
         let client = Sender::client(provider)?;
         Ok(Self {
             provider: provider.clone(),
-            auth: Authenticator::new(&provider.name, provider.auth.as_ref(), secrets, &client)?,
+            auth: Authenticator::new(
+                &format!("provider {}", provider.name),
+                provider.auth.as_ref(),
+                secrets,
+                &client,
+            )?,
             sender: Sender::new(provider, secrets, client)?,
         })
     }

@@ -1,4 +1,5 @@
-//! How requests to a provider authenticate.
+//! How outgoing requests authenticate: to providers, and to the APIs that polling
+//! sources read.
 //!
 //! Secrets are read by name when the provider's configuration is loaded and live only
 //! in memory, marked sensitive so they never reach logs. OAuth2 tokens are fetched
@@ -15,19 +16,19 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Sha256;
-use switchyard_core::{
+use tokio::{sync::Mutex, time::Instant};
+
+use crate::{
+    Error,
     catalog::{Auth, OAuth2},
     secrets::SecretSource,
 };
-use tokio::{sync::Mutex, time::Instant};
-
-use crate::Error;
 
 /// Refresh a token this long before it expires (at half its life if it lives less
 /// than twice this).
 const TOKEN_MARGIN: Duration = Duration::from_secs(30);
 
-/// A provider's authentication, ready to apply.
+/// A provider's (or polled API's) authentication, ready to apply.
 pub enum Authenticator {
     /// Nothing to add.
     None,
@@ -46,17 +47,15 @@ pub enum Authenticator {
 pub struct AuthError(pub String);
 
 impl Authenticator {
-    /// Reads the secrets `auth` names; fails at start-up when one is missing or unusable.
+    /// Reads the secrets `auth` names for `owner` (e.g. `provider acme`); fails at
+    /// start-up when one is missing or unusable.
     pub fn new(
-        provider: &str,
+        owner: &str,
         auth: Option<&Auth>,
         secrets: &SecretSource,
         client: &reqwest::Client,
     ) -> Result<Self, Error> {
-        let invalid = |reason: String| Error::Provider {
-            provider: provider.to_owned(),
-            reason,
-        };
+        let invalid = |reason: String| Error::Config(format!("{owner}: {reason}"));
         let sensitive = |value: String| {
             let mut value = HeaderValue::from_str(&value)
                 .map_err(|_| invalid("a secret does not make a valid header value".into()))?;
@@ -108,21 +107,7 @@ impl Authenticator {
             Some(Auth::StandardWebhooks { secrets: names }) => {
                 let mut keys = Vec::new();
                 for name in names {
-                    let secret = secrets.read(name)?;
-                    let encoded =
-                        secret
-                            .expose_secret()
-                            .strip_prefix("whsec_")
-                            .ok_or_else(|| {
-                                invalid(format!(
-                                    "secret {name} is not a Standard Webhooks secret (whsec_…)"
-                                ))
-                            })?;
-                    keys.push(BASE64.decode(encoded).map_err(|_| {
-                        invalid(format!(
-                            "secret {name}: the part after whsec_ is not base64"
-                        ))
-                    })?);
+                    keys.push(standard_webhooks_key(name, &secrets.read(name)?).map_err(invalid)?);
                 }
                 Self::StandardWebhooks(keys)
             }
@@ -182,6 +167,17 @@ impl Authenticator {
         }
         true
     }
+}
+
+/// The key of a Standard Webhooks secret: the base64 after `whsec_`.
+pub fn standard_webhooks_key(name: &str, secret: &SecretString) -> Result<Vec<u8>, String> {
+    let encoded = secret
+        .expose_secret()
+        .strip_prefix("whsec_")
+        .ok_or_else(|| format!("secret {name} is not a Standard Webhooks secret (whsec_…)"))?;
+    BASE64
+        .decode(encoded)
+        .map_err(|_| format!("secret {name}: the part after whsec_ is not base64"))
 }
 
 /// `v1,<base64 HMAC-SHA256>` for each key, space separated (Standard Webhooks).
