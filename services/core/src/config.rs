@@ -144,6 +144,12 @@ pub struct IngestSettings {
     pub listen: SocketAddr,
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Longest wait for JetStream to store an event before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// How long a poller's lease lasts without renewal (one active poller per source).
+    #[serde(with = "humantime_serde")]
+    pub poll_lease_ttl: Duration,
 }
 
 /// The transform service.
@@ -241,6 +247,8 @@ impl Default for IngestSettings {
         Self {
             listen: ([0, 0, 0, 0], 8080).into(),
             max_body_bytes: 1 << 20,
+            publish_timeout: Duration::from_secs(5),
+            poll_lease_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -341,6 +349,12 @@ impl Settings {
         }
         if self.ingest.max_body_bytes == 0 {
             return fail("ingest.max_body_bytes", "must be positive");
+        }
+        if self.ingest.publish_timeout.is_zero() {
+            return fail("ingest.publish_timeout", "must be longer than 0s");
+        }
+        if self.ingest.poll_lease_ttl < Duration::from_secs(1) {
+            return fail("ingest.poll_lease_ttl", "must be at least 1s");
         }
         if self.transform.max_in_flight == 0 {
             return fail("transform.max_in_flight", "must be positive");

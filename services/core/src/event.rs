@@ -13,9 +13,19 @@ use crate::headers;
 /// Namespace of ids derived from an INGEST position.
 const DERIVED_NAMESPACE: Uuid = Uuid::from_u128(0x6f0b_7a43_5c3e_4b9a_9f59_3b1d_2a6e_8c41);
 
+/// Namespace of ids derived from a source's idempotency key.
+const KEYED_NAMESPACE: Uuid = Uuid::from_u128(0x2c4e_91d7_0b6a_4f38_8e15_c7a2_5d90_3f64);
+
 /// A new event id.
 pub fn new_event_id() -> String {
     Uuid::now_v7().to_string()
+}
+
+/// The id of the event `source` sent with idempotency key `key`: the same for every
+/// copy, so a late duplicate (after the deduplication window) still carries the first
+/// copy's id and delivery's ledger recognises it.
+pub fn keyed_event_id(source: &str, key: &str) -> String {
+    Uuid::new_v5(&KEYED_NAMESPACE, format!("{source}:{key}").as_bytes()).to_string()
 }
 
 /// The current time as RFC 3339, as written in `Switchyard-Received-At`.

@@ -28,6 +28,17 @@ struct Holder {
     holder: String,
 }
 
+/// This replica's name in leases when none is configured: host name and process id.
+pub fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}-{}", std::process::id())
+}
+
 /// A held lease.
 pub struct Lease {
     kv: kv::Store,

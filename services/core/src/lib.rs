@@ -12,6 +12,7 @@ pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod consumer;
+pub mod contract;
 mod error;
 pub mod event;
 pub mod headers;

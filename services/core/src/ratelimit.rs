@@ -13,6 +13,19 @@ use std::{sync::Mutex, time::Duration};
 use crate::catalog::RateLimit;
 use tokio::time::Instant;
 
+/// `Retry-After` as seconds or an HTTP date, as a delay from now.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// Shared pacing state of one provider.
 #[derive(Debug)]
 pub struct Limiter {
@@ -197,5 +210,21 @@ mod tests {
             Duration::from_secs(3),
             "the third waits for the reset"
         );
+    }
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
+        let delay = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
+        assert!(
+            delay > Duration::from_secs(28) && delay <= Duration::from_secs(30),
+            "{delay:?}"
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -56,6 +56,12 @@ pub fn dlq_subject(provider: &str) -> String {
     format!("dlq.{provider}")
 }
 
+/// Subject an event that failed its source's contract is dead-lettered to. Catalog
+/// names start with a letter or digit, so this never collides with a provider's.
+pub fn source_dlq_subject(source: &str) -> String {
+    format!("dlq._source.{source}")
+}
+
 /// Subject an attempt record for `provider` is published to.
 pub fn outcome_subject(provider: &str) -> String {
     format!("outcome.{provider}")

@@ -145,7 +145,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         .delivery
         .instance
         .clone()
-        .unwrap_or_else(default_instance);
+        .unwrap_or_else(lease::default_instance);
 
     let Some(mut target) = wait_for_provider(&mut catalog, &provider, &secrets, &shutdown).await?
     else {
@@ -201,16 +201,6 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         tracing::warn!(provider, "lost the lease; standing by again");
     }
     Ok(())
-}
-
-fn default_instance() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}-{}", std::process::id())
 }
 
 /// Pulls and delivers while `active` lasts.

@@ -180,7 +180,7 @@ impl Sender {
                 answer.retry_after = found
                     .get(header::RETRY_AFTER)
                     .and_then(|value| value.to_str().ok())
-                    .and_then(parse_retry_after);
+                    .and_then(switchyard_core::ratelimit::parse_retry_after);
                 answer.budget = rate_limit_budget(found);
                 answer.location = found
                     .get(header::LOCATION)
@@ -204,19 +204,6 @@ impl Sender {
         answer.latency = started.elapsed();
         answer
     }
-}
-
-/// `Retry-After` as seconds or an HTTP date, as a delay from now.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
 }
 
 /// The provider's remaining budget from `RateLimit-Remaining`/`RateLimit-Reset`, their
@@ -332,22 +319,6 @@ mod tests {
         let retry: RetryPolicy = serde_json::from_str(r#"{"retry_on": [409, "503"]}"#).unwrap();
         assert_eq!(classify(&answer(409, None), &retry), Verdict::Retryable);
         assert_eq!(classify(&answer(500, None), &retry), Verdict::Rejected);
-    }
-
-    #[test]
-    fn retry_after_is_seconds_or_an_http_date() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        let soon = std::time::SystemTime::now() + Duration::from_secs(30);
-        let delay = parse_retry_after(&httpdate::fmt_http_date(soon)).unwrap();
-        assert!(
-            delay > Duration::from_secs(28) && delay <= Duration::from_secs(30),
-            "{delay:?}"
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 
     #[test]

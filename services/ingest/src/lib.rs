@@ -1,17 +1,22 @@
-//! Switchyard ingest: takes events in over HTTP and stores them in the INGEST stream.
+//! Switchyard ingest: takes events in over HTTP, from signed webhooks and by polling,
+//! and stores them in the INGEST stream.
 //!
-//! `POST /v1/events/{source}?type=<event_type>` answers 202 with the event id only
-//! after JetStream has acknowledged the event, so an accepted event is durable. A
-//! repeated `Idempotency-Key` answers with the first event's id and `duplicate: true`.
-//! Every rejection (unknown source, bad JSON, too large) publishes nothing.
+//! `POST /v1/events/{source}?type=<event_type>` (API key when the source has keys) and
+//! `POST /webhooks/{source}` (signature checked per source) answer 202 with the event
+//! id only after JetStream has acknowledged the event, so an accepted event is
+//! durable. A repeated idempotency key answers 200 with the first event's id and
+//! `duplicate: true`. Every rejection — unknown source, bad signature, bad JSON, too
+//! large, over the source's rate, against its schema — publishes nothing.
 
 #![forbid(unsafe_code)]
 
+mod poll;
 mod problem;
+mod sources;
+mod verify;
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::jetstream::stream::Stream;
 use axum::{
     Json, Router,
     body::Body,
@@ -21,11 +26,14 @@ use axum::{
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use switchyard_core::{
-    catalog::{CatalogStore, Snapshot, validate_event_type},
+    catalog::{CatalogStore, OnInvalid, validate_event_type},
     config::Settings,
+    contract::Violation,
     event, headers,
     nats::{self, Nats},
+    secrets::SecretSource,
     shutdown::Shutdown,
     topology,
 };
@@ -33,6 +41,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tracing::Instrument;
 
 pub use crate::problem::Problem;
+use crate::sources::{Lookup, Ready, Sources};
 
 /// Errors that stop the ingest service.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,9 @@ pub enum Error {
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
+    /// A source cannot be served as configured (e.g. a secret is missing).
+    #[error("{0}")]
+    Source(String),
 }
 
 /// Seconds a client is told to wait when the event could not be stored.
@@ -52,12 +64,12 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 struct Ingest {
     nats: Nats,
-    stream: Stream<()>,
-    catalog: watch::Receiver<Arc<Snapshot>>,
+    sources: watch::Receiver<Arc<Sources>>,
     max_body_bytes: usize,
+    publish_timeout: Duration,
 }
 
-/// Serves the ingest API on `listener` until `shutdown` starts draining.
+/// Serves the ingest API on `listener`, and runs the pollers, until `shutdown`.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
@@ -69,17 +81,17 @@ pub async fn run(
         .await?
         .watch(&shutdown)
         .await?;
-    let stream = nats
-        .jetstream
-        .get_stream_no_info(topology::INGEST)
-        .await
-        .map_err(switchyard_core::Error::nats)?;
+    let secrets = SecretSource::new(&settings.secrets.dir);
+    let client = poll::client();
+    let sources =
+        sources::track(catalog, secrets, client.clone(), &shutdown).map_err(Error::Source)?;
     let state = Arc::new(Ingest {
         nats,
-        stream,
-        catalog,
+        sources,
         max_body_bytes: settings.ingest.max_body_bytes,
+        publish_timeout: settings.ingest.publish_timeout,
     });
+    poll::start(state.clone(), client, &settings, &shutdown);
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -90,6 +102,7 @@ pub async fn run(
 fn router(state: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/events/{source}", post(accept_event))
+        .route("/webhooks/{source}", post(accept_webhook))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(state)
@@ -115,6 +128,9 @@ pub struct Accepted {
     pub event_id: String,
     /// Whether an event with the same idempotency key was already accepted.
     pub duplicate: bool,
+    /// The event broke its source's schema and was stored in the DLQ, not INGEST.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 async fn accept_event(
@@ -124,53 +140,160 @@ async fn accept_event(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let span = tracing::info_span!(
+    let span = receive_span(&source);
+    async move {
+        let (ready, revision) = admit(&state, &source)?;
+        if ready.api_keys.required() {
+            ready
+                .api_keys
+                .check(&request_headers)
+                .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
+        }
+        let event_type = query.event_type.ok_or_else(|| {
+            Problem::bad_request("the query parameter `type` (the event type) is required")
+        })?;
+        validate_event_type(&event_type).map_err(Problem::bad_request)?;
+        check_content_type(&request_headers)?;
+        let body = read_body(body, &request_headers, state.max_body_bytes).await?;
+        let document = parse_json(&body)?;
+        let key = idempotency_key(
+            request_headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok()),
+            "the Idempotency-Key header",
+        )?;
+        store(&state, &ready, revision, &event_type, key, body, &document).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn accept_webhook(
+    State(state): State<Arc<Ingest>>,
+    Path(source): Path<String>,
+    Query(query): Query<EventQuery>,
+    request_headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let span = receive_span(&source);
+    async move {
+        let (ready, revision) = admit(&state, &source)?;
+        let (Some(webhook), Some(verifier)) = (&ready.config.webhook, &ready.verifier) else {
+            return Err(Problem::not_a_webhook_source(&source));
+        };
+        check_content_type(&request_headers)?;
+        let body = read_body(body, &request_headers, state.max_body_bytes).await?;
+        // The raw bytes are verified before anything parses them.
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        verifier
+            .verify(&request_headers, &body, now)
+            .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
+        let document = parse_json(&body)?;
+        let from = webhook
+            .event_type
+            .clone()
+            .or_else(|| webhook.verify.default_event_type());
+        let event_type = from
+            .as_ref()
+            .and_then(|from| sources::extract(from, &request_headers, &document))
+            .or(query.event_type)
+            .map(|name| sources::normalize_event_type(&name))
+            .ok_or_else(|| {
+                Problem::bad_request(match &from {
+                    Some(from) => format!(
+                        "the event type was not found in {}",
+                        sources::describe(from)
+                    ),
+                    None => "the query parameter `type` (the event type) is required".to_owned(),
+                })
+            })?;
+        validate_event_type(&event_type).map_err(Problem::bad_request)?;
+        let from = webhook
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| webhook.verify.default_idempotency_key());
+        let key = match sources::extract(&from, &request_headers, &document) {
+            Some(key) => idempotency_key(Some(&key), &sources::describe(&from))?,
+            None => idempotency_key(
+                request_headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok()),
+                "the Idempotency-Key header",
+            )?,
+        };
+        store(&state, &ready, revision, &event_type, key, body, &document).await
+    }
+    .instrument(span)
+    .await
+}
+
+fn receive_span(source: &str) -> tracing::Span {
+    tracing::info_span!(
         "ingest receive",
         otel.kind = "server",
         source = %source,
         event_type = tracing::field::Empty,
         event_id = tracing::field::Empty,
-    );
-    async move {
-        let revision = {
-            let snapshot = state.catalog.borrow();
-            if snapshot.catalog.source(&source).is_none() {
-                return Err(Problem::unknown_source(&source));
-            }
-            snapshot.revision
-        };
-        let event_type = query.event_type.ok_or_else(|| {
-            Problem::bad_request("the query parameter `type` (the event type) is required")
-        })?;
-        validate_event_type(&event_type).map_err(Problem::bad_request)?;
-        tracing::Span::current().record("event_type", event_type.as_str());
-        check_content_type(&request_headers)?;
-        let body = read_body(body, &request_headers, state.max_body_bytes).await?;
-        if let Err(err) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-            return Err(Problem::bad_request(format!(
-                "the body is not valid JSON: {err}"
-            )));
+    )
+}
+
+/// Finds the source and takes one request from its rate limit.
+fn admit(state: &Ingest, source: &str) -> Result<(Arc<Ready>, u64), Problem> {
+    let sources = state.sources.borrow().clone();
+    let ready = match sources.get(source) {
+        Lookup::Ready(ready) => ready,
+        Lookup::Broken(reason) => return Err(Problem::unavailable(reason, 30)),
+        Lookup::Unknown => return Err(Problem::unknown_source(source)),
+    };
+    ready
+        .limiter
+        .try_acquire()
+        .map_err(|wait| Problem::rate_limited(source, wait))?;
+    Ok((ready, sources.revision))
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, Problem> {
+    serde_json::from_slice(body)
+        .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
+}
+
+/// Checks the event against its schemas and stores it, answering 202 (or 200 for a
+/// duplicate).
+async fn store(
+    state: &Ingest,
+    ready: &Ready,
+    revision: u64,
+    event_type: &str,
+    key: Option<String>,
+    body: bytes::Bytes,
+    document: &Value,
+) -> Result<Response, Problem> {
+    tracing::Span::current().record("event_type", event_type);
+    let violations = match ready.check(event_type, document) {
+        Ok(()) => None,
+        Err(violations) if ready.config.on_invalid == OnInvalid::Reject => {
+            return Err(Problem::invalid(event_type, violations));
         }
-        let idempotency_key = idempotency_key(&request_headers)?;
-        let accepted = publish(
-            &state,
-            &source,
-            &event_type,
-            idempotency_key,
-            body,
-            revision,
-        )
-        .await?;
-        tracing::Span::current().record("event_id", accepted.event_id.as_str());
-        let status = if accepted.duplicate {
-            StatusCode::OK
-        } else {
-            StatusCode::ACCEPTED
-        };
-        Ok((status, Json(accepted)).into_response())
-    }
-    .instrument(span)
-    .await
+        Err(violations) => Some(violations),
+    };
+    let event = Outgoing {
+        source: &ready.config.name,
+        event_type,
+        key: key.as_deref(),
+        body,
+        revision,
+        violations,
+    };
+    let accepted = publish(&state.nats, state.publish_timeout, event)
+        .await
+        .map_err(|reason| Problem::unavailable(reason, RETRY_AFTER_SECS))?;
+    tracing::Span::current().record("event_id", accepted.event_id.as_str());
+    let status = if accepted.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(accepted)).into_response())
 }
 
 fn check_content_type(request_headers: &HeaderMap) -> Result<(), Problem> {
@@ -213,37 +336,53 @@ async fn read_body(
     })
 }
 
-fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = request_headers.get("idempotency-key") else {
+/// Checks an idempotency key read from `from`.
+fn idempotency_key(key: Option<&str>, from: &str) -> Result<Option<String>, Problem> {
+    let Some(key) = key else {
         return Ok(None);
     };
-    let key = value.to_str().unwrap_or_default();
-    let valid = !key.is_empty()
-        && key.len() <= MAX_IDEMPOTENCY_KEY
-        && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
-    if valid {
+    if is_valid_key(key) {
         Ok(Some(key.to_owned()))
     } else {
         Err(Problem::bad_request(format!(
-            "Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+            "the idempotency key in {from} must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"
         )))
     }
 }
 
-/// Publishes the event and waits for JetStream to store it.
-async fn publish(
-    state: &Ingest,
-    source: &str,
-    event_type: &str,
-    idempotency_key: Option<String>,
+fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// An event on its way into INGEST (or, when it broke its schema, the DLQ).
+struct Outgoing<'a> {
+    source: &'a str,
+    event_type: &'a str,
+    key: Option<&'a str>,
     body: bytes::Bytes,
-    catalog_revision: u64,
-) -> Result<Accepted, Problem> {
-    let event_id = event::new_event_id();
+    revision: u64,
+    violations: Option<Vec<Violation>>,
+}
+
+/// Publishes the event and waits, at most `timeout`, for JetStream to store it.
+/// Errors say why it was not stored; nothing is accepted without the ack.
+async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<Accepted, String> {
+    let state = nats.client.connection_state();
+    if state != async_nats::connection::State::Connected {
+        return Err(format!(
+            "the event could not be stored: NATS is {state}; retry later"
+        ));
+    }
+    let event_id = match event.key {
+        Some(key) => event::keyed_event_id(event.source, key),
+        None => event::new_event_id(),
+    };
     let mut message_headers = async_nats::HeaderMap::new();
-    let message_id = match &idempotency_key {
-        // Scoped by source so two sources using the same key never collide.
-        Some(key) => format!("{source}:{key}"),
+    // Scoped by source so two sources using the same key never collide.
+    let message_id = match event.key {
+        Some(key) => format!("{}:{key}", event.source),
         None => event_id.clone(),
     };
     message_headers.insert(headers::NATS_MSG_ID, message_id.as_str());
@@ -252,62 +391,69 @@ async fn publish(
     message_headers.insert(headers::CONTENT_TYPE, "application/json");
     message_headers.insert(
         headers::CATALOG_REVISION,
-        catalog_revision.to_string().as_str(),
+        event.revision.to_string().as_str(),
     );
+    let subject = match &event.violations {
+        None => topology::ingest_subject(event.source, event.event_type),
+        Some(violations) => {
+            message_headers.insert(headers::SOURCE, event.source);
+            message_headers.insert(headers::EVENT_TYPE, event.event_type);
+            message_headers.insert(headers::FAILURE_CATEGORY, "schema");
+            let reason = violations
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}: {}",
+                        if v.path.is_empty() { "/" } else { &v.path },
+                        v.message
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            message_headers.insert(
+                headers::FAILURE_REASON,
+                headers::sanitize_value(&reason).as_str(),
+            );
+            message_headers.insert(headers::ATTEMPTS, "0");
+            topology::source_dlq_subject(event.source)
+        }
+    };
     headers::inject_current(&mut message_headers);
 
-    let subject = topology::ingest_subject(source, event_type);
     let publish_span = tracing::info_span!("ingest publish", otel.kind = "producer", messaging.destination.name = %subject);
-    let ack = async {
-        state
-            .nats
-            .jetstream
-            .publish_with_headers(subject.clone(), message_headers, body)
+    let stored = async {
+        nats.jetstream
+            .publish_with_headers(subject, message_headers, event.body)
             .await?
             .await
     }
-    .instrument(publish_span)
-    .await
-    .map_err(|err| {
-        tracing::warn!(error = %err, event_id, "event could not be stored");
-        Problem::unavailable(
-            "the event could not be stored durably; it was not accepted, retry later",
-            RETRY_AFTER_SECS,
-        )
-    })?;
-    if !ack.duplicate {
-        return Ok(Accepted {
-            event_id,
-            duplicate: false,
-        });
+    .instrument(publish_span);
+    let ack = match tokio::time::timeout(timeout, stored).await {
+        Ok(Ok(ack)) => ack,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, event_id, "event could not be stored");
+            return Err(
+                "the event could not be stored durably; it was not accepted, retry later".into(),
+            );
+        }
+        Err(_) => {
+            tracing::warn!(
+                event_id,
+                timeout_ms = timeout.as_millis() as u64,
+                "storing the event timed out"
+            );
+            return Err(format!(
+                "the event was not stored within {}ms; it was not accepted, retry later",
+                timeout.as_millis()
+            ));
+        }
+    };
+    if ack.duplicate {
+        tracing::info!(event_id, "duplicate idempotency key; not published again");
     }
-    let first = first_event_id(&state.stream, ack.sequence).await?;
-    tracing::info!(
-        event_id = first,
-        "duplicate idempotency key; not published again"
-    );
     Ok(Accepted {
-        event_id: first,
-        duplicate: true,
+        event_id,
+        duplicate: ack.duplicate,
+        dead_lettered: event.violations.is_some(),
     })
-}
-
-/// Reads the id of the event stored at `sequence` (the original of a duplicate).
-async fn first_event_id(stream: &Stream<()>, sequence: u64) -> Result<String, Problem> {
-    let lookup = tokio::time::timeout(Duration::from_secs(5), stream.get_raw_message(sequence));
-    match lookup.await {
-        Ok(Ok(message)) => Ok(event::event_id(
-            Some(&message.headers),
-            message.sequence,
-            message.time,
-        )),
-        Ok(Err(err)) => Err(Problem::unavailable(
-            format!("the event is a duplicate but the original could not be read: {err}"),
-            RETRY_AFTER_SECS,
-        )),
-        Err(_) => Err(Problem::unavailable(
-            "the event is a duplicate but reading the original timed out",
-            RETRY_AFTER_SECS,
-        )),
-    }
 }

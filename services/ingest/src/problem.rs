@@ -6,6 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use switchyard_core::contract::Violation;
 
 /// A rejected request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -22,6 +23,9 @@ pub struct Problem {
     /// Seconds after which a retry may succeed (sent as `Retry-After` too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// For 422: every failing value, by JSON pointer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<Violation>,
     /// The request body was not read to its end, so the connection cannot be reused.
     #[serde(skip)]
     pub close_connection: bool,
@@ -35,6 +39,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             retry_after: None,
+            errors: Vec::new(),
             close_connection: false,
         }
     }
@@ -47,6 +52,55 @@ impl Problem {
             "Malformed request",
             detail,
         )
+    }
+
+    /// 401: the request is not authentic (signature, timestamp or API key).
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Not authenticated",
+            detail,
+        )
+    }
+
+    /// 404: the source exists but takes no webhooks.
+    pub fn not_a_webhook_source(source: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown-source",
+            "Unknown source",
+            format!(
+                "source {source:?} has no webhook settings; send its events to /v1/events/{source}"
+            ),
+        )
+    }
+
+    /// 422: the event breaks its source's JSON Schema.
+    pub fn invalid(event_type: &str, errors: Vec<Violation>) -> Self {
+        Self {
+            errors,
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "schema",
+                "Event breaks its schema",
+                format!("the {event_type} event does not match the source's schema; see errors"),
+            )
+        }
+    }
+
+    /// 429: the source is over its own rate limit.
+    pub fn rate_limited(source: &str, wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self {
+            retry_after: Some(seconds.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!("source {source:?} is over its rate limit"),
+            )
+        }
     }
 
     /// 404: no such source.

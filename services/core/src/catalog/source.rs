@@ -452,11 +452,8 @@ pub(super) fn validate(source: &Source, at: &str, fail: &mut impl FnMut(String, 
                 "needs at least one pattern".into(),
             );
         }
-        if let Err(err) = jsonschema::draft202012::new(&rule.schema) {
-            fail(
-                format!("{path}.schema"),
-                format!("not a valid JSON Schema: {err}"),
-            );
+        if let Err(err) = crate::contract::Contract::compile(&rule.schema) {
+            fail(format!("{path}.schema"), err);
         }
     }
     if let Some(poll) = &source.poll {

@@ -1,0 +1,282 @@
+//! Each source's catalog entry made ready to serve: its webhook verifier with secrets
+//! read, its API-key hashes, its rate limiter and its compiled schemas.
+//!
+//! Rebuilt whenever the catalog changes. At start-up a source that cannot be made
+//! ready (a secret is missing) stops the service; later, the source keeps its previous
+//! state and the error is logged, so a bad change never takes a working source down.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde_json::Value;
+use switchyard_core::{
+    auth::Authenticator,
+    catalog::{Extract, Poll, Snapshot, Source, matches_any},
+    contract::{Contract, Violation},
+    mapping::Program,
+    ratelimit::Limiter,
+    secrets::SecretSource,
+    shutdown::Shutdown,
+};
+use tokio::sync::watch;
+
+use crate::verify::{ApiKeys, Verifier};
+
+/// A source ready to serve.
+pub struct Ready {
+    /// Its catalog entry.
+    pub config: Source,
+    /// The webhook verifier, when the source takes webhooks.
+    pub verifier: Option<Verifier>,
+    /// Keys accepted on `/v1/events`.
+    pub api_keys: ApiKeys,
+    /// Its own request rate, kept across catalog changes.
+    pub limiter: Arc<Limiter>,
+    /// How to poll it, when it is polled.
+    pub poller: Option<Arc<PollSetup>>,
+    contracts: Vec<(Vec<String>, Contract)>,
+}
+
+/// A polled source's settings with its authentication and cursor program ready.
+pub struct PollSetup {
+    /// The settings.
+    pub config: Poll,
+    /// How each request authenticates.
+    pub auth: Authenticator,
+    /// The compiled cursor expression, when the cursor is VRL.
+    pub cursor_program: Option<Program>,
+}
+
+impl Ready {
+    fn build(
+        source: &Source,
+        secrets: &SecretSource,
+        client: &reqwest::Client,
+        limiter: Option<Arc<Limiter>>,
+    ) -> Result<Self, String> {
+        let poller = match &source.poll {
+            None => None,
+            Some(poll) => {
+                let auth = Authenticator::new(
+                    &format!("source {}", source.name),
+                    poll.auth.as_ref(),
+                    secrets,
+                    client,
+                )
+                .map_err(|err| err.to_string())?;
+                let cursor_program = match poll
+                    .cursor
+                    .as_ref()
+                    .and_then(|cursor| cursor.vrl.as_deref())
+                {
+                    Some(program) => Some(
+                        Program::compile(program)
+                            .map_err(|err| format!("poll.cursor.vrl: {err}"))?,
+                    ),
+                    None => None,
+                };
+                Some(Arc::new(PollSetup {
+                    config: poll.clone(),
+                    auth,
+                    cursor_program,
+                }))
+            }
+        };
+        let verifier = source
+            .webhook
+            .as_ref()
+            .map(|webhook| Verifier::new(&webhook.verify, secrets))
+            .transpose()?;
+        let contracts = source
+            .schemas
+            .iter()
+            .map(|rule| Ok((rule.event_types.clone(), Contract::compile(&rule.schema)?)))
+            .collect::<Result<_, String>>()?;
+        let limiter = match limiter {
+            Some(limiter) => {
+                limiter.set_limit(source.rate_limit.as_ref());
+                limiter
+            }
+            None => Arc::new(Limiter::new(source.rate_limit.as_ref())),
+        };
+        Ok(Self {
+            config: source.clone(),
+            verifier,
+            api_keys: ApiKeys::new(&source.api_keys),
+            limiter,
+            poller,
+            contracts,
+        })
+    }
+
+    /// Checks `body` against every schema for `event_type`.
+    pub fn check(&self, event_type: &str, body: &Value) -> Result<(), Vec<Violation>> {
+        let violations: Vec<Violation> = self
+            .contracts
+            .iter()
+            .filter(|(patterns, _)| matches_any(patterns, event_type))
+            .filter_map(|(_, contract)| contract.check(body).err())
+            .flatten()
+            .collect();
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
+    }
+}
+
+/// Every source, as of one catalog revision.
+pub struct Sources {
+    /// The catalog revision these were built from.
+    pub revision: u64,
+    entries: HashMap<String, Result<Arc<Ready>, String>>,
+}
+
+/// What a request finds under a source name.
+pub enum Lookup {
+    /// Serve it.
+    Ready(Arc<Ready>),
+    /// In the catalog but not servable (why, without secret values).
+    Broken(String),
+    /// Not in the catalog.
+    Unknown,
+}
+
+impl Sources {
+    /// Builds every source; `previous` supplies limiters to keep and the state to fall
+    /// back to for a source that cannot be built.
+    pub fn build(
+        snapshot: &Snapshot,
+        secrets: &SecretSource,
+        client: &reqwest::Client,
+        previous: Option<&Sources>,
+    ) -> (Self, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut entries = HashMap::new();
+        for source in &snapshot.catalog.sources {
+            let before = previous
+                .and_then(|p| p.entries.get(&source.name))
+                .and_then(|e| e.as_ref().ok());
+            let entry = match Ready::build(
+                source,
+                secrets,
+                client,
+                before.map(|ready| ready.limiter.clone()),
+            ) {
+                Ok(ready) => Ok(Arc::new(ready)),
+                Err(err) => {
+                    errors.push(format!("source {}: {err}", source.name));
+                    match before {
+                        Some(ready) => Ok(ready.clone()),
+                        None => Err(format!(
+                            "source {:?} is not ready: its configuration could not be loaded",
+                            source.name
+                        )),
+                    }
+                }
+            };
+            entries.insert(source.name.clone(), entry);
+        }
+        (
+            Self {
+                revision: snapshot.revision,
+                entries,
+            },
+            errors,
+        )
+    }
+
+    /// Finds `name`.
+    pub fn get(&self, name: &str) -> Lookup {
+        match self.entries.get(name) {
+            Some(Ok(ready)) => Lookup::Ready(ready.clone()),
+            Some(Err(reason)) => Lookup::Broken(reason.clone()),
+            None => Lookup::Unknown,
+        }
+    }
+
+    /// Every ready source.
+    pub fn ready(&self) -> impl Iterator<Item = &Arc<Ready>> {
+        self.entries
+            .values()
+            .filter_map(|entry| entry.as_ref().ok())
+    }
+}
+
+/// Builds the sources of the current catalog (failing on any error) and keeps them
+/// current as the catalog changes.
+pub fn track(
+    mut catalog: watch::Receiver<Arc<Snapshot>>,
+    secrets: SecretSource,
+    client: reqwest::Client,
+    shutdown: &Shutdown,
+) -> Result<watch::Receiver<Arc<Sources>>, String> {
+    let first = catalog.borrow_and_update().clone();
+    let (sources, errors) = Sources::build(&first, &secrets, &client, None);
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    let (sender, receiver) = watch::channel(Arc::new(sources));
+    let shutdown_for_task = shutdown.clone();
+    shutdown.spawn("ingest sources", async move {
+        loop {
+            tokio::select! {
+                changed = catalog.changed() => if changed.is_err() { break },
+                () = shutdown_for_task.cancelled() => break,
+            }
+            let snapshot = catalog.borrow_and_update().clone();
+            let previous = sender.borrow().clone();
+            let (sources, errors) = Sources::build(&snapshot, &secrets, &client, Some(&previous));
+            for error in errors {
+                tracing::error!(
+                    revision = snapshot.revision,
+                    error,
+                    "source kept its previous configuration"
+                );
+            }
+            sender.send_replace(Arc::new(sources));
+        }
+        Ok::<_, std::convert::Infallible>(())
+    });
+    Ok(receiver)
+}
+
+/// Reads `extract` from a request: a header, a JSON pointer into the body, or fixed.
+/// Strings are taken as they are; numbers as their decimal text.
+pub fn extract(extract: &Extract, headers: &http::HeaderMap, body: &Value) -> Option<String> {
+    if let Some(name) = &extract.header {
+        return headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+    }
+    if let Some(pointer) = &extract.json {
+        return scalar(body.pointer(pointer)?);
+    }
+    extract.value.clone()
+}
+
+/// A JSON string or number as text.
+pub fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// A provider's event name as a Switchyard event type: Shopify's `orders/create`
+/// becomes `orders.create`.
+pub fn normalize_event_type(name: &str) -> String {
+    name.trim().replace('/', ".")
+}
+
+/// Where `extract` reads, for error messages.
+pub fn describe(extract: &Extract) -> String {
+    match (&extract.header, &extract.json) {
+        (Some(name), _) => format!("the {name} header"),
+        (None, Some(pointer)) => format!("the body at {pointer}"),
+        (None, None) => "the source's settings".to_owned(),
+    }
+}
