@@ -10,7 +10,9 @@ mod ingest;
 mod lease;
 mod ordering;
 mod pacing;
+mod polling;
 mod topology;
+mod webhooks;
 
 /// Retry and breaker settings of the test provider unless a test gives its own: quick
 /// retries, and a breaker that trips as by default but stays open only briefly.

@@ -35,6 +35,11 @@ impl TestNats {
         self.server.url()
     }
 
+    /// Kills the server with SIGKILL and leaves it down (until [`TestNats::restart`]).
+    pub async fn kill(&mut self) {
+        self.server.kill().await;
+    }
+
     /// Kills the server with SIGKILL and starts it again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.server.restart().await?;

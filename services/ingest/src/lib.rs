@@ -457,3 +457,100 @@ async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<
         dead_lettered: event.violations.is_some(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use switchyard_core::catalog::Extract;
+
+    use super::*;
+
+    fn with_content_type(value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(header::CONTENT_TYPE, value.parse().unwrap());
+        map
+    }
+
+    #[test]
+    fn json_media_types_are_accepted_with_parameters_and_any_case() {
+        for ok in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/cloudevents+json",
+        ] {
+            assert!(check_content_type(&with_content_type(ok)).is_ok(), "{ok}");
+        }
+        for refused in ["text/plain", "application/x-www-form-urlencoded", "json"] {
+            let problem = check_content_type(&with_content_type(refused)).unwrap_err();
+            assert_eq!(problem.status, 415);
+            assert!(problem.detail.contains(refused));
+        }
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+    }
+
+    #[test]
+    fn values_are_read_from_headers_json_pointers_or_fixed() {
+        let mut request = HeaderMap::new();
+        request.insert("x-shopify-topic", "orders/create".parse().unwrap());
+        let body = serde_json::json!({"id": 42, "type": "invoice.paid", "nested": {"key": "k-1"}, "empty": ""});
+        let header = Extract::header("X-Shopify-Topic");
+        assert_eq!(
+            sources::extract(&header, &request, &body).as_deref(),
+            Some("orders/create")
+        );
+        assert_eq!(
+            sources::normalize_event_type("orders/create"),
+            "orders.create"
+        );
+        assert_eq!(
+            sources::extract(&Extract::json("/id"), &request, &body).as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            sources::extract(&Extract::json("/nested/key"), &request, &body).as_deref(),
+            Some("k-1")
+        );
+        assert_eq!(
+            sources::extract(&Extract::json("/empty"), &request, &body),
+            None
+        );
+        assert_eq!(
+            sources::extract(&Extract::json("/nested"), &request, &body),
+            None
+        );
+        assert_eq!(
+            sources::extract(&Extract::json("/missing"), &request, &body),
+            None
+        );
+        assert_eq!(
+            sources::extract(&Extract::header("X-Missing"), &request, &body),
+            None
+        );
+    }
+
+    proptest! {
+        /// Any content type, key or body is answered with a verdict, never a panic, and
+        /// accepted keys are exactly the visible-ASCII ones up to 200 characters.
+        #[test]
+        fn parsing_arbitrary_input_never_panics(
+            content_type in "[ -~]{0,80}",
+            key in "\\PC{0,220}",
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            pointer in "(/[a-z0-9~]{0,5}){0,4}",
+        ) {
+            if let Ok(value) = content_type.parse() {
+                let mut map = HeaderMap::new();
+                map.insert(header::CONTENT_TYPE, value);
+                let _ = check_content_type(&map);
+            }
+            let verdict = idempotency_key(Some(&key), "the Idempotency-Key header");
+            let visible = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
+            prop_assert_eq!(verdict.is_ok(), visible);
+            if let Ok(document) = parse_json(&body) {
+                let _ = sources::extract(&Extract::json(&pointer), &HeaderMap::new(), &document);
+            } else {
+                prop_assert_eq!(parse_json(&body).unwrap_err().status, 400);
+            }
+        }
+    }
+}

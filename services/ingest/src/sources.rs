@@ -280,3 +280,73 @@ pub fn describe(extract: &Extract) -> String {
         (None, None) => "the source's settings".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use switchyard_core::catalog::Catalog;
+
+    use super::*;
+
+    fn snapshot(yaml: &str, revision: u64) -> Snapshot {
+        Snapshot {
+            catalog: Catalog::from_yaml(yaml).unwrap(),
+            revision,
+        }
+    }
+
+    fn github(secret: &str) -> String {
+        format!(
+            "sources:\n  - name: gh\n    webhook: {{ verify: {{ github: {{ secrets: [{secret}] }} }} }}\n    rate_limit: {{ requests: 1, per: 1m, burst: 1 }}\n"
+        )
+    }
+
+    #[test]
+    fn a_source_that_cannot_be_built_keeps_its_previous_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("GH_SECRET"), "s3cr3t").unwrap();
+        let secrets = SecretSource::new(dir.path());
+        let client = reqwest::Client::new();
+
+        let (first, errors) =
+            Sources::build(&snapshot(&github("GH_SECRET"), 1), &secrets, &client, None);
+        assert!(errors.is_empty(), "{errors:?}");
+        let Lookup::Ready(before) = first.get("gh") else {
+            panic!("gh is ready")
+        };
+        before.limiter.try_acquire().unwrap();
+
+        // The secret is renamed in the catalog but not yet mounted: the source keeps
+        // working with its old secret, and the error names the missing one.
+        let (second, errors) = Sources::build(
+            &snapshot(&github("GH_SECRET_V2"), 2),
+            &secrets,
+            &client,
+            Some(&first),
+        );
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].contains("GH_SECRET_V2") && !errors[0].contains("s3cr3t"),
+            "{errors:?}"
+        );
+        let Lookup::Ready(after) = second.get("gh") else {
+            panic!("gh still ready")
+        };
+        assert!(Arc::ptr_eq(&before, &after));
+        assert!(
+            after.limiter.try_acquire().is_err(),
+            "the rate budget carries over"
+        );
+        assert_eq!(second.revision, 2);
+
+        // With nothing to fall back on (start-up, or a new source) it is not servable.
+        let (fresh, errors) = Sources::build(
+            &snapshot(&github("GH_SECRET_V2"), 2),
+            &secrets,
+            &client,
+            None,
+        );
+        assert_eq!(errors.len(), 1);
+        assert!(matches!(fresh.get("gh"), Lookup::Broken(reason) if reason.contains("not ready")));
+        assert!(matches!(fresh.get("other"), Lookup::Unknown));
+    }
+}
