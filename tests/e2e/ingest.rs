@@ -149,3 +149,41 @@ async fn bad_input_is_rejected_with_a_problem_body_and_publishes_nothing() {
     );
     assert!(provider.received().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_arriving_after_the_duplicate_window_keeps_its_id_and_is_not_delivered_again() {
+    let provider = FakeProvider::start().await;
+    let nats = switchyard_tests::TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.topology.duplicate_window = Duration::from_secs(1);
+    let pipeline = Pipeline::start_with(nats, settings, &catalog(provider.url()))
+        .await
+        .unwrap();
+
+    let first = pipeline
+        .post("shop", "order.created", &order("late", 5), Some("late-1"))
+        .await;
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    provider.wait_for_accepted(1, Duration::from_secs(20)).await;
+
+    // The sender retries long after the window: stored again, but under the same id.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let late = pipeline
+        .post("shop", "order.created", &order("late", 5), Some("late-1"))
+        .await;
+    assert_eq!(late.status(), 202);
+    let late: serde_json::Value = late.json().await.unwrap();
+    assert_eq!(late["event_id"], first["event_id"]);
+    switchyard_tests::eventually(Duration::from_secs(10), "the copy routed", || async {
+        (pipeline.stream_len("INGEST").await == 2 && pipeline.stream_len("DELIVER").await == 0)
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        provider.received().len(),
+        1,
+        "delivery's ledger knew the id"
+    );
+}

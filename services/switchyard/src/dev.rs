@@ -8,7 +8,7 @@ use anyhow::Context;
 use axum::{Router, extract::Request, http::StatusCode};
 use switchyard_core::{
     catalog::{Action, Catalog, CatalogStore},
-    config::{LogFormat, Settings},
+    config::{LogFormat, SecretsSettings, Settings},
     local_server::LocalNatsServer,
     nats,
     shutdown::Shutdown,
@@ -41,6 +41,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
         LogFormat::Pretty
     };
     let _guard = telemetry::init(&settings.telemetry, "dev")?;
+    // Secrets for a laptop live next to the local store unless configured.
+    if settings.secrets.dir == SecretsSettings::default().dir {
+        settings.secrets.dir = settings.dev.store_dir.join("secrets");
+    }
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
 
@@ -101,6 +105,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
         control_address,
         echo_address,
         settings.admin.listen.port(),
+        &settings.secrets.dir,
     );
     shutdown.wait(Duration::from_secs(30)).await?;
     Ok(())
@@ -221,6 +226,7 @@ fn print_banner(
     control: std::net::SocketAddr,
     echo: std::net::SocketAddr,
     admin_port: u16,
+    secrets_dir: &std::path::Path,
 ) {
     let host = |address: std::net::SocketAddr| {
         if address.ip().is_unspecified() {
@@ -230,11 +236,12 @@ fn print_banner(
         }
     };
     let mut banner = format!(
-        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{}\n  control   {} (gRPC; try `syctl get`)\n  echo      http://{} (logs every delivery)\n  metrics   http://127.0.0.1:{}/metrics\n",
+        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{}\n  control   {} (gRPC; try `syctl get`)\n  echo      http://{} (logs every delivery)\n  metrics   http://127.0.0.1:{}/metrics\n  secrets   {} (files named after the secret)\n",
         host(ingest),
         host(control),
         host(echo),
         admin_port,
+        secrets_dir.display(),
     );
     if let Some(route) = catalog.routes.first() {
         let event_type = route

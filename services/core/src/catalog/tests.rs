@@ -259,6 +259,15 @@ fn the_quickstart_catalog_is_valid() {
     let quickstart = include_str!("../../../../deploy/examples/quickstart.yaml");
     let catalog = Catalog::from_yaml(quickstart).unwrap();
     assert_eq!(catalog.routes.len(), 1);
+    let webhooks = include_str!("../../../../deploy/examples/webhooks.yaml");
+    let catalog = Catalog::from_yaml(webhooks).unwrap();
+    assert_eq!(catalog.sources.len(), 5);
+    assert!(
+        catalog
+            .sources
+            .iter()
+            .all(|source| source.webhook.is_some())
+    );
 }
 
 const SOURCES: &str = r#"
