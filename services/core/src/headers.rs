@@ -29,10 +29,13 @@ pub const ROUTE: &str = "Switchyard-Route";
 pub const MAPPING: &str = "Switchyard-Mapping";
 /// Key whose events must reach the provider in order.
 pub const ORDERING_KEY: &str = "Switchyard-Ordering-Key";
-/// Why a message was dead-lettered: `rejected`, `exhausted` or `mapping`.
+/// Why a message was dead-lettered: `rejected`, `exhausted`, `mapping`, `contract` or
+/// `filter`.
 pub const FAILURE_CATEGORY: &str = "Switchyard-Failure-Category";
 /// Human-readable reason for a dead letter.
 pub const FAILURE_REASON: &str = "Switchyard-Failure-Reason";
+/// The JSON pointers that broke a contract, separated by spaces.
+pub const FAILING_PATHS: &str = "Switchyard-Failing-Paths";
 /// Delivery attempts made before a message was dead-lettered.
 pub const ATTEMPTS: &str = "Switchyard-Attempts";
 /// The last HTTP status the provider answered, if any.

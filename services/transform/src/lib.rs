@@ -14,29 +14,24 @@ mod routing;
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::{
-    HeaderMap,
-    jetstream::{
-        self, AckKind,
-        consumer::{AckPolicy, DeliverPolicy, pull},
-        context::PublishAckFuture,
-    },
+use async_nats::jetstream::{
+    self, AckKind,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    context::PublishAckFuture,
 };
 
 use switchyard_core::{
     catalog::{CatalogStore, Snapshot},
     config::Settings,
     consumer::Subscription,
-    event, headers,
-    mapping::Output,
-    nats,
+    event, headers, nats,
     shutdown::Shutdown,
     topology,
 };
 use tokio::{sync::watch, task::JoinSet};
 use tracing::Instrument;
 
-use crate::routing::Routing;
+pub use crate::routing::{Decision, Incoming, Outgoing, Routing};
 
 /// Errors that stop the transform service.
 #[derive(Debug, thiserror::Error)]
@@ -151,11 +146,10 @@ impl Transform {
                 tracing::info!(revision = snapshot.revision, "routes compiled");
                 self.routing = routing;
             }
-            Err((mapping, err)) => tracing::error!(
+            Err(err) => tracing::error!(
                 revision = snapshot.revision,
-                mapping = %mapping,
                 error = %err,
-                "catalog revision has a mapping that does not compile; keeping revision {}",
+                "catalog revision does not compile; keeping revision {}",
                 self.routing.revision
             ),
         }
@@ -204,91 +198,43 @@ impl Transform {
         let received_at = headers::get(message.headers.as_ref(), headers::RECEIVED_AT)
             .map(str::to_owned)
             .unwrap_or_else(|| event::rfc3339(published));
-        let mut acks = Vec::new();
-        let mut routed = 0usize;
-        for compiled in self.routing.matching(source, event_type) {
-            routed += 1;
-            let route = &compiled.route;
-            let mut out = HeaderMap::new();
-            out.insert(headers::EVENT_ID, event_id);
-            out.insert(headers::SOURCE, source);
-            out.insert(headers::EVENT_TYPE, event_type);
-            out.insert(headers::ROUTE, route.name.as_str());
-            out.insert(headers::MAPPING, compiled.mapping.as_str());
-            out.insert(headers::RECEIVED_AT, received_at.as_str());
-            out.insert(headers::INGEST_SEQUENCE, sequence.to_string().as_str());
-            let (subject, body) = match compiled.program.run_json(&message.payload) {
-                Ok(Output::Body(body)) => {
-                    out.insert(
-                        headers::NATS_MSG_ID,
-                        format!("{event_id}:{}", route.name).as_str(),
-                    );
-                    out.insert(headers::CONTENT_TYPE, "application/json");
-                    let subject = match Routing::ordering_key(compiled, &message.payload) {
-                        Some(key) => {
-                            out.insert(
-                                headers::ORDERING_KEY,
-                                headers::sanitize_value(&key).as_str(),
-                            );
-                            topology::ordered_deliver_subject(&route.provider, &route.name, &key)
-                        }
-                        None => topology::deliver_subject(&route.provider, &route.name),
-                    };
-                    (subject, body.into())
-                }
-                Ok(Output::Skipped(reason)) => {
-                    tracing::debug!(route = %route.name, reason = ?reason, "mapping skipped the event");
-                    continue;
-                }
-                Err(err) => {
-                    tracing::warn!(route = %route.name, mapping = %compiled.mapping, event_id, error = %err, "mapping failed; dead-lettering the event");
-                    if let Some(original) = message.headers.as_ref() {
-                        for (name, values) in original.iter() {
-                            if !out_has(&out, name.as_ref()) {
-                                for value in values {
-                                    out.append(name.clone(), value.clone());
-                                }
-                            }
-                        }
-                    }
-                    out.insert(
-                        headers::NATS_MSG_ID,
-                        format!("{event_id}:{}:dlq", route.name).as_str(),
-                    );
-                    out.insert(headers::FAILURE_CATEGORY, "mapping");
-                    out.insert(
-                        headers::FAILURE_REASON,
-                        headers::sanitize_value(&err.to_string()).as_str(),
-                    );
-                    out.insert(headers::ATTEMPTS, "0");
-                    (
-                        topology::dlq_subject(&route.provider),
-                        message.payload.clone(),
-                    )
-                }
-            };
-            let publish_span = tracing::info_span!("transform publish", otel.kind = "producer", messaging.destination.name = %subject);
-            headers::inject_span(&publish_span, &mut out);
-            match self
-                .jetstream
-                .publish_with_headers(subject, out, body)
-                .instrument(publish_span)
-                .await
-            {
-                Ok(ack) => acks.push(ack),
-                Err(err) => return Err(format!("publish failed: {err}")),
-            }
-        }
-        tracing::Span::current().record("routes", routed);
-        if routed == 0 {
-            tracing::debug!(source, event_type, "no route matches; acking");
+        let incoming = Incoming {
+            source,
+            event_type,
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+            event_id,
+            sequence,
+            received_at: &received_at,
+        };
+        let outputs = self.routing.outputs(&incoming, None);
+        tracing::Span::current().record("routes", outputs.len());
+        let mut acks = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            acks.push(publish(&self.jetstream, output).await?);
         }
         Ok(acks)
     }
 }
 
-fn out_has(headers: &HeaderMap, name: &str) -> bool {
-    headers::get(Some(headers), name).is_some()
+/// Publishes one output with its trace context; returns the ack to await.
+pub(crate) async fn publish(
+    jetstream: &jetstream::Context,
+    output: Outgoing,
+) -> Result<PublishAckFuture, String> {
+    let Outgoing {
+        subject,
+        mut headers,
+        body,
+        ..
+    } = output;
+    let span = tracing::info_span!("transform publish", otel.kind = "producer", messaging.destination.name = %subject);
+    headers::inject_span(&span, &mut headers);
+    jetstream
+        .publish_with_headers(subject, headers, body)
+        .instrument(span)
+        .await
+        .map_err(|err| format!("publish failed: {err}"))
 }
 
 /// Acks the ingest message once every output is stored, or NAKs it to try again.

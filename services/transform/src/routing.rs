@@ -1,25 +1,30 @@
-//! Routes compiled from a catalog snapshot.
+//! Routes compiled from a catalog snapshot, and what each does with one event.
 //!
-//! Built once per catalog change; mapping versions are immutable, so programs already
-//! compiled are reused and only new versions are compiled.
+//! Built once per catalog change; mapping versions are immutable, so mappings already
+//! compiled are reused and only new versions are compiled. [`Routing::outputs`] is
+//! the whole per-event decision — filter, input contract, program, output contract,
+//! ordering key — shared by the transform consumer and by replays.
 
 use std::{collections::HashMap, sync::Arc};
 
+use async_nats::HeaderMap;
 use switchyard_core::{
     catalog::{Catalog, MappingRef, Route},
-    mapping::{CompileError, Program},
+    contract::Violation,
+    headers,
+    mapping::{CompiledMapping, Event, Filter, MappingError, Output, Program, RunError},
+    topology,
 };
 
-/// A route with its compiled program.
+/// A route with its compiled mapping, filter and ordering key.
 pub struct CompiledRoute {
     /// The route as configured.
     pub route: Route,
     /// Its mapping as `name@version`.
     pub mapping: String,
-    /// The compiled program.
-    pub program: Arc<Program>,
-    /// The compiled ordering-key expression, if the route has one.
-    pub ordering_key: Option<Program>,
+    compiled: Arc<CompiledMapping>,
+    filter: Option<Filter>,
+    ordering_key: Option<Program>,
 }
 
 /// Every route of one catalog revision.
@@ -28,59 +33,137 @@ pub struct Routing {
     /// The catalog revision these routes come from.
     pub revision: u64,
     routes: Vec<CompiledRoute>,
-    programs: HashMap<MappingRef, Arc<Program>>,
+    mappings: HashMap<MappingRef, Arc<CompiledMapping>>,
+}
+
+/// Why a catalog revision could not be compiled (it passed validation when it was
+/// applied, so this means a newer Switchyard wrote it or the KV value was edited).
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct BuildError {
+    /// The mapping or route at fault.
+    pub what: String,
+    /// The diagnostics.
+    pub message: String,
+}
+
+/// What one route does with one event.
+#[derive(Debug, PartialEq)]
+pub enum Decision {
+    /// Deliver this body, in order with others of the same key when there is one.
+    Deliver {
+        /// The mapped body (JSON).
+        body: Vec<u8>,
+        /// The ordering key, when the route has one and it yields a value.
+        ordering_key: Option<String>,
+    },
+    /// The route's filter said no.
+    Filtered,
+    /// The program called `abort`.
+    Skipped(Option<String>),
+    /// The event cannot go this way: dead-letter it with the original body.
+    DeadLetter {
+        /// `filter`, `mapping` or `contract`.
+        category: &'static str,
+        /// What went wrong, with the failing paths for a contract.
+        reason: String,
+        /// The failing JSON pointers, for a contract violation.
+        paths: Vec<String>,
+    },
+}
+
+/// A message to publish for one event.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The route it came from.
+    pub route: String,
+    /// `deliver.…` or `dlq.<provider>`.
+    pub subject: String,
+    /// Its headers, `Nats-Msg-Id` included.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: bytes::Bytes,
+    /// Whether it is a dead letter.
+    pub dead_letter: bool,
+}
+
+/// One ingest event, as the routes see it.
+pub struct Incoming<'a> {
+    /// The source, from the subject.
+    pub source: &'a str,
+    /// The event type, from the subject.
+    pub event_type: &'a str,
+    /// The ingest message's headers.
+    pub headers: Option<&'a HeaderMap>,
+    /// The raw body.
+    pub payload: &'a bytes::Bytes,
+    /// The event id.
+    pub event_id: &'a str,
+    /// Its INGEST stream sequence.
+    pub sequence: u64,
+    /// When ingest accepted it (RFC 3339).
+    pub received_at: &'a str,
+}
+
+fn build_error(what: String, errors: Vec<MappingError>) -> BuildError {
+    BuildError {
+        what,
+        message: errors
+            .into_iter()
+            .map(|error| format!("{}: {}", error.field, error.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
 }
 
 impl Routing {
-    /// Compiles `catalog`, reusing programs from `previous`.
-    pub fn build(
-        catalog: &Catalog,
-        revision: u64,
-        previous: &Routing,
-    ) -> Result<Self, (MappingRef, CompileError)> {
-        let mut programs = HashMap::new();
+    /// Compiles `catalog`, reusing the mappings of `previous`.
+    pub fn build(catalog: &Catalog, revision: u64, previous: &Routing) -> Result<Self, BuildError> {
+        let mut mappings = HashMap::new();
         for mapping in &catalog.mappings {
             let reference = mapping.reference();
-            let program = match previous.programs.get(&reference) {
-                Some(program) => program.clone(),
+            let compiled = match previous.mappings.get(&reference) {
+                Some(compiled) => compiled.clone(),
                 None => Arc::new(
-                    Program::compile(&mapping.program).map_err(|err| (reference.clone(), err))?,
+                    CompiledMapping::compile(mapping)
+                        .map_err(|errors| build_error(format!("mapping {reference}"), errors))?,
                 ),
             };
-            programs.insert(reference, program);
+            mappings.insert(reference, compiled);
         }
         let mut routes = Vec::new();
         for route in &catalog.routes {
-            let Some(program) = programs.get(&route.mapping).cloned() else {
+            let Some(compiled) = mappings.get(&route.mapping).cloned() else {
                 continue;
+            };
+            let fail = |field: &str, err: switchyard_core::mapping::CompileError| BuildError {
+                what: format!("route {} {field}", route.name),
+                message: err.diagnostics,
             };
             let ordering_key = match &route.ordering_key {
                 Some(expression) => {
-                    Some(Program::compile(expression).map_err(|err| (route.mapping.clone(), err))?)
+                    Some(Program::compile(expression).map_err(|err| fail("ordering_key", err))?)
+                }
+                None => None,
+            };
+            let filter = match &route.filter {
+                Some(expression) => {
+                    Some(Filter::compile(expression).map_err(|err| fail("filter", err))?)
                 }
                 None => None,
             };
             routes.push(CompiledRoute {
                 route: route.clone(),
                 mapping: route.mapping.to_string(),
-                program,
+                compiled,
+                filter,
                 ordering_key,
             });
         }
         Ok(Self {
             revision,
             routes,
-            programs,
-        })
-    }
-
-    /// The ordering key of an event on `route`, when the route has one and it yields a
-    /// value: a text value as it is, anything else as JSON.
-    pub fn ordering_key(route: &CompiledRoute, body: &[u8]) -> Option<String> {
-        let value = route.ordering_key.as_ref()?.evaluate_json(body).ok()??;
-        Some(match value {
-            vrl::value::Value::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            other => serde_json::to_string(&other).ok()?,
+            mappings,
         })
     }
 
@@ -93,5 +176,175 @@ impl Routing {
         self.routes.iter().filter(move |compiled| {
             compiled.route.source == source && compiled.route.matches_event_type(event_type)
         })
+    }
+
+    /// The route named `name`.
+    pub fn route(&self, name: &str) -> Option<&CompiledRoute> {
+        self.routes
+            .iter()
+            .find(|compiled| compiled.route.name == name)
+    }
+
+    /// Every message `event` produces: a delivery or a dead letter per route that
+    /// takes it (only `only_route` when given), nothing for routes that filter or skip
+    /// it. The event body is parsed once for all routes.
+    pub fn outputs(&self, event: &Incoming<'_>, only_route: Option<&str>) -> Vec<Outgoing> {
+        let mut parsed = None;
+        let mut outputs = Vec::new();
+        for compiled in self.matching(event.source, event.event_type) {
+            if only_route.is_some_and(|name| name != compiled.route.name) {
+                continue;
+            }
+            let parsed = parsed.get_or_insert_with(|| Event::parse(event.payload));
+            let decision = compiled.decide(parsed);
+            if let Some(outgoing) = compiled.outgoing(event, decision) {
+                outputs.push(outgoing);
+            }
+        }
+        outputs
+    }
+}
+
+impl CompiledRoute {
+    /// Runs the filter, the input contract, the program and the output contract.
+    pub fn decide(&self, event: &Result<Event, RunError>) -> Decision {
+        let event = match event {
+            Ok(event) => event,
+            Err(err) => return dead_letter("mapping", err.to_string(), &[]),
+        };
+        if let Some(filter) = &self.filter {
+            match filter.matches(event) {
+                Ok(true) => {}
+                Ok(false) => return Decision::Filtered,
+                Err(err) => {
+                    return dead_letter("filter", format!("the route's filter failed: {err}"), &[]);
+                }
+            }
+        }
+        match self.compiled.apply(event) {
+            Ok(Output::Body(body)) => Decision::Deliver {
+                body,
+                ordering_key: self.ordering_key(event),
+            },
+            Ok(Output::Skipped(reason)) => Decision::Skipped(reason),
+            Err(failure) => dead_letter(
+                failure.category(),
+                failure.to_string(),
+                failure.violations(),
+            ),
+        }
+    }
+
+    /// The ordering key of `event` on this route, when the route has one and it
+    /// yields a value: a text value as it is, anything else as JSON.
+    fn ordering_key(&self, event: &Event) -> Option<String> {
+        let value = self.ordering_key.as_ref()?.evaluate(event).ok()??;
+        Some(match value {
+            vrl::value::Value::Bytes(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            other => serde_json::to_string(&other).ok()?,
+        })
+    }
+
+    /// The message a decision publishes, if any.
+    fn outgoing(&self, event: &Incoming<'_>, decision: Decision) -> Option<Outgoing> {
+        let route = &self.route;
+        let mut out = HeaderMap::new();
+        out.insert(headers::EVENT_ID, event.event_id);
+        out.insert(headers::SOURCE, event.source);
+        out.insert(headers::EVENT_TYPE, event.event_type);
+        out.insert(headers::ROUTE, route.name.as_str());
+        out.insert(headers::MAPPING, self.mapping.as_str());
+        out.insert(headers::RECEIVED_AT, event.received_at);
+        out.insert(
+            headers::INGEST_SEQUENCE,
+            event.sequence.to_string().as_str(),
+        );
+        match decision {
+            Decision::Deliver { body, ordering_key } => {
+                out.insert(
+                    headers::NATS_MSG_ID,
+                    format!("{}:{}", event.event_id, route.name).as_str(),
+                );
+                out.insert(headers::CONTENT_TYPE, "application/json");
+                let subject = match ordering_key {
+                    Some(key) => {
+                        out.insert(
+                            headers::ORDERING_KEY,
+                            headers::sanitize_value(&key).as_str(),
+                        );
+                        topology::ordered_deliver_subject(&route.provider, &route.name, &key)
+                    }
+                    None => topology::deliver_subject(&route.provider, &route.name),
+                };
+                Some(Outgoing {
+                    route: route.name.clone(),
+                    subject,
+                    headers: out,
+                    body: body.into(),
+                    dead_letter: false,
+                })
+            }
+            Decision::Filtered => None,
+            Decision::Skipped(reason) => {
+                tracing::debug!(route = %route.name, reason = ?reason, "mapping skipped the event");
+                None
+            }
+            Decision::DeadLetter {
+                category,
+                reason,
+                paths,
+            } => {
+                tracing::warn!(route = %route.name, mapping = %self.mapping, event_id = event.event_id, category, reason, "dead-lettering the event");
+                if let Some(original) = event.headers {
+                    for (name, values) in original.iter() {
+                        if headers::get(Some(&out), name.as_ref()).is_none() {
+                            for value in values {
+                                out.append(name.clone(), value.clone());
+                            }
+                        }
+                    }
+                }
+                out.insert(
+                    headers::NATS_MSG_ID,
+                    format!("{}:{}:dlq", event.event_id, route.name).as_str(),
+                );
+                out.insert(headers::FAILURE_CATEGORY, category);
+                out.insert(
+                    headers::FAILURE_REASON,
+                    headers::sanitize_value(&reason).as_str(),
+                );
+                if !paths.is_empty() {
+                    out.insert(
+                        headers::FAILING_PATHS,
+                        headers::sanitize_value(&paths.join(" ")).as_str(),
+                    );
+                }
+                out.insert(headers::ATTEMPTS, "0");
+                Some(Outgoing {
+                    route: route.name.clone(),
+                    subject: topology::dlq_subject(&route.provider),
+                    headers: out,
+                    body: event.payload.clone(),
+                    dead_letter: true,
+                })
+            }
+        }
+    }
+}
+
+fn dead_letter(category: &'static str, reason: String, violations: &[Violation]) -> Decision {
+    Decision::DeadLetter {
+        category,
+        reason,
+        paths: violations
+            .iter()
+            .map(|violation| {
+                if violation.path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    violation.path.clone()
+                }
+            })
+            .collect(),
     }
 }

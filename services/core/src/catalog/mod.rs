@@ -139,6 +139,13 @@ pub struct Mapping {
     /// The VRL program. It receives the event body as `.` and leaves the request
     /// body in `.`; `abort` skips the event for this route.
     pub program: String,
+    /// JSON Schema (draft 2020-12) every input must meet; a violation dead-letters
+    /// the event with the failing paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema (draft 2020-12) every output must meet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<serde_json::Value>,
 }
 
 impl Mapping {
@@ -148,6 +155,14 @@ impl Mapping {
             name: self.name.clone(),
             version: self.version,
         }
+    }
+
+    /// Whether `other` is the same published version: same program and schemas (the
+    /// description may change).
+    pub fn same_version_as(&self, other: &Mapping) -> bool {
+        self.program == other.program
+            && self.input_schema == other.input_schema
+            && self.output_schema == other.output_schema
     }
 }
 
@@ -212,6 +227,10 @@ pub struct Route {
     /// Event-type glob patterns (`*` matches any run of characters, dots included).
     #[serde(default = "defaults::event_types")]
     pub event_types: Vec<String>,
+    /// A VRL expression over the incoming event that must be a boolean; the route
+    /// takes only the events for which it is true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
     /// The mapping version applied to each event.
     pub mapping: MappingRef,
     /// The provider that receives the mapped body.
@@ -419,8 +438,10 @@ impl Catalog {
             if m.version == 0 {
                 fail(format!("{at}.version"), "versions start at 1".into());
             }
-            if let Err(err) = mapping::Program::compile(&m.program) {
-                fail(format!("{at}.program"), err.to_string());
+            if let Err(errors) = mapping::CompiledMapping::compile(m) {
+                for error in errors {
+                    fail(format!("{at}.{}", error.field), error.message);
+                }
             }
         }
         for (i, route) in self.routes.iter().enumerate() {
@@ -441,13 +462,21 @@ impl Catalog {
             if self.mapping(&route.mapping).is_none() {
                 fail(
                     format!("{at}.mapping"),
-                    format!("no mapping {}", route.mapping),
+                    format!(
+                        "no mapping {} is published; a route pins a published version, and a version stays while a route pins it",
+                        route.mapping
+                    ),
                 );
             }
             if let Some(key) = &route.ordering_key
                 && let Err(err) = mapping::Program::compile(key)
             {
                 fail(format!("{at}.ordering_key"), err.to_string());
+            }
+            if let Some(filter) = &route.filter
+                && let Err(err) = mapping::Filter::compile(filter)
+            {
+                fail(format!("{at}.filter"), err.to_string());
             }
             if route.event_types.is_empty() {
                 fail(
@@ -476,12 +505,12 @@ impl Catalog {
         let mut errors = Vec::new();
         for (i, m) in bundle.mappings.iter().enumerate() {
             if let Some(existing) = self.mapping(&m.reference())
-                && existing.program != m.program
+                && !existing.same_version_as(m)
             {
                 errors.push(FieldError {
                     path: format!("mappings[{i}]"),
                     message: format!(
-                        "{} is already published with a different program; mapping versions are immutable, publish version {} instead",
+                        "{} is already published with a different program or schema; mapping versions are immutable, publish version {} instead",
                         m.reference(),
                         self.next_mapping_version(&m.name)
                     ),

@@ -203,6 +203,58 @@ fn published_mapping_versions_are_immutable() {
 }
 
 #[test]
+fn a_mapping_versions_schemas_are_part_of_it() {
+    let current = catalog();
+    let mut bundle = Catalog::default();
+    let mut changed = current.mappings[0].clone();
+    changed.description = "descriptions may change".into();
+    bundle.mappings.push(changed.clone());
+    assert!(current.apply(&bundle, false).is_ok());
+    changed.output_schema = Some(serde_json::json!({"type": "object"}));
+    bundle.mappings[0] = changed;
+    let err = current.apply(&bundle, false).unwrap_err();
+    assert!(err.0[0].message.contains("immutable"), "{err}");
+}
+
+#[test]
+fn a_version_in_use_cannot_be_removed() {
+    let current = catalog();
+    let mut bundle = current.clone();
+    bundle.mappings.clear();
+    let err = current.apply(&bundle, true).unwrap_err();
+    assert_eq!(err.0[0].path, "routes[0].mapping");
+    assert!(err.0[0].message.contains("order-to-contact@1"), "{err}");
+}
+
+#[test]
+fn schemas_and_filters_are_compiled_when_applied() {
+    let broken = CATALOG
+        .replace(
+            "    program: |\n",
+            "    input_schema: { type: 12 }\n    output_schema: { required: [email] }\n    program: |\n",
+        )
+        .replace("    provider: crm\n", "    provider: crm\n    filter: .status\n");
+    let err = Catalog::from_yaml(&broken).unwrap_err();
+    let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["mappings[0].input_schema", "routes[0].filter"],
+        "{err}"
+    );
+    assert!(err.0[1].message.contains("boolean"), "{err}");
+
+    let good = CATALOG.replace(
+        "    provider: crm\n",
+        "    provider: crm\n    filter: .status == \"paid\"\n",
+    );
+    let catalog = Catalog::from_yaml(&good).unwrap();
+    assert_eq!(
+        catalog.routes[0].filter.as_deref(),
+        Some(".status == \"paid\"")
+    );
+}
+
+#[test]
 fn provider_policies_are_validated_with_their_paths() {
     let broken = CATALOG.replace(
         "    headers:\n",
