@@ -13,16 +13,7 @@ use tonic::{Code, transport::Channel};
 use crate::catalog;
 
 async fn client(pipeline: &Pipeline) -> CatalogServiceClient<Channel> {
-    let channel =
-        switchyard_tests::eventually(Duration::from_secs(10), "the control API", || async {
-            Channel::from_shared(pipeline.control_url.clone())
-                .unwrap()
-                .connect()
-                .await
-                .ok()
-        })
-        .await;
-    CatalogServiceClient::new(channel)
+    CatalogServiceClient::new(pipeline.control_channel().await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

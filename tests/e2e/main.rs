@@ -12,6 +12,7 @@ mod ordering;
 mod pacing;
 mod polling;
 mod topology;
+mod transform;
 mod webhooks;
 
 /// Retry and breaker settings of the test provider unless a test gives its own: quick

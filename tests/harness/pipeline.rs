@@ -197,6 +197,18 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// A gRPC channel to the control API, once it answers.
+    pub async fn control_channel(&self) -> tonic::transport::Channel {
+        crate::eventually(Duration::from_secs(10), "the control API", || async {
+            tonic::transport::Channel::from_shared(self.control_url.clone())
+                .expect("a valid URL")
+                .connect()
+                .await
+                .ok()
+        })
+        .await
+    }
+
     /// The value of `key` in KV bucket `bucket`, as JSON.
     pub async fn kv_json(&self, bucket: &str, key: &str) -> Option<serde_json::Value> {
         let store = self
