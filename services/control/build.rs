@@ -5,7 +5,11 @@ use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["switchyard/v1/catalog.proto"];
+    let files = [
+        "switchyard/v1/catalog.proto",
+        "switchyard/v1/mapping.proto",
+        "switchyard/v1/replay.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());
     }

@@ -11,6 +11,7 @@ mod lease;
 mod ordering;
 mod pacing;
 mod polling;
+mod replay;
 mod topology;
 mod transform;
 mod webhooks;

@@ -47,6 +47,32 @@ impl TestNats {
     }
 }
 
+/// The `syctl` binary of this workspace's build, built first when it is missing (as
+/// when only this package's tests were built).
+pub fn syctl() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/e2e-<hash> → target/<profile>/syctl
+            let path = exe
+                .parent()
+                .and_then(std::path::Path::parent)
+                .expect("a target directory")
+                .join("syctl");
+            if !path.exists() {
+                let status = std::process::Command::new(env!("CARGO"))
+                    .args(["build", "--quiet", "-p", "syctl"])
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .status()
+                    .expect("cargo runs");
+                assert!(status.success(), "building syctl failed");
+            }
+            path
+        })
+        .clone()
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

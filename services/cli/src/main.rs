@@ -1,7 +1,8 @@
 //! `syctl`: the command-line client of the Switchyard control API.
 //!
 //! Exit codes: 0 success, 1 the server refused the request (invalid input, conflict,
-//! not found), 2 bad usage, 3 the server could not be reached.
+//! not found), 2 bad usage, 3 the server could not be reached, 4 `mapping test` ran
+//! and the mapping did not pass.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -9,8 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_control::{
     convert::struct_to_json,
     proto::{
-        ApplyRequest, ChangeAction, GetResourceRequest, ListResourcesRequest, Resource,
-        ResourceKind, catalog_service_client::CatalogServiceClient,
+        ApplyRequest, ChangeAction, GetResourceRequest, ListResourcesRequest, ReplayProgress,
+        ReplayRequest, Resource, ResourceKind, TestMappingRequest, TestMappingResponse,
+        catalog_service_client::CatalogServiceClient, mapping_service_client::MappingServiceClient,
+        replay_service_client::ReplayServiceClient,
     },
 };
 use tonic::transport::Channel;
@@ -61,6 +64,48 @@ enum Command {
         kind: Option<Kind>,
         /// The resource's name (`name@version` for a mapping).
         name: Option<String>,
+    },
+    /// Try mappings out and draft new ones.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+    /// Re-run stored events through the current routes and mapping versions.
+    Replay {
+        /// Replay the events of this source through every route that takes them.
+        #[arg(long, required_unless_present = "route")]
+        source: Option<String>,
+        /// Replay only through this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Start: an INGEST sequence number, an RFC 3339 time, or a duration ago (`2h`).
+        #[arg(long)]
+        from: Option<String>,
+        /// End, in the same forms; the newest stored event when omitted.
+        #[arg(long)]
+        to: Option<String>,
+        /// Also replay events already delivered; providers receive them again.
+        #[arg(long)]
+        redeliver: bool,
+        /// Count what would happen without publishing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Run a mapping on a sample: the output, the schema verdicts and diagnostics.
+    Test {
+        /// A published version, `name@version` (or the one to pick from --file).
+        reference: Option<String>,
+        /// A mapping, or a catalog document holding it, to test before applying.
+        #[arg(long, short, conflicts_with = "program")]
+        file: Option<PathBuf>,
+        /// A VRL program file to test on its own.
+        #[arg(long)]
+        program: Option<PathBuf>,
+        /// The sample event (JSON); `-` reads standard input.
+        #[arg(long, short)]
+        sample: PathBuf,
     },
 }
 
@@ -133,19 +178,100 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             message: format!("cannot reach the control API at {}: {err}", cli.server),
             code: 3,
         })?;
-    let mut client = CatalogServiceClient::new(channel);
+    let mut client = CatalogServiceClient::new(channel.clone());
     match cli.command {
+        Command::Mapping(MappingCommand::Test {
+            reference,
+            file,
+            program,
+            sample,
+        }) => {
+            let document = match (&file, &program) {
+                (Some(file), _) => read(file)?,
+                (None, Some(program)) => serde_json::json!({
+                    "name": "draft",
+                    "version": 1,
+                    "program": read(program)?,
+                })
+                .to_string(),
+                (None, None) => String::new(),
+            };
+            if document.is_empty() && reference.is_none() {
+                return Err(usage(
+                    "give a published mapping (name@version), --file or --program",
+                ));
+            }
+            let response = MappingServiceClient::new(channel)
+                .test_mapping(TestMappingRequest {
+                    reference: reference.unwrap_or_default(),
+                    document,
+                    sample: read(&sample)?,
+                })
+                .await?
+                .into_inner();
+            print_test(cli.output, &response);
+            if !response.passed {
+                return Err(Failure {
+                    message: format!("{} did not pass", response.mapping),
+                    code: 4,
+                });
+            }
+        }
+        Command::Replay {
+            source,
+            route,
+            from,
+            to,
+            redeliver,
+            dry_run,
+        } => {
+            let mut request = ReplayRequest {
+                source: source.unwrap_or_default(),
+                route: route.unwrap_or_default(),
+                redeliver,
+                dry_run,
+                ..Default::default()
+            };
+            if let Some(from) = from {
+                match bound("--from", &from)? {
+                    Bound::Sequence(sequence) => request.from_sequence = sequence,
+                    Bound::Time(time) => request.from_time = Some(time),
+                }
+            }
+            if let Some(to) = to {
+                match bound("--to", &to)? {
+                    Bound::Sequence(sequence) => request.to_sequence = sequence,
+                    Bound::Time(time) => request.to_time = Some(time),
+                }
+            }
+            let mut stream = ReplayServiceClient::new(channel)
+                .replay(request)
+                .await?
+                .into_inner();
+            let bar =
+                cli.output == Format::Table && std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let mut last = None;
+            while let Some(progress) = stream.message().await? {
+                if bar {
+                    eprint!("\r{}", progress_bar(&progress));
+                }
+                last = Some(progress);
+            }
+            if bar {
+                eprintln!();
+            }
+            let last = last.ok_or_else(|| Failure {
+                message: "the replay ended without a result".into(),
+                code: 1,
+            })?;
+            print_replay(cli.output, &last);
+        }
         Command::Apply {
             file,
             dry_run,
             prune,
         } => {
-            let document = if file.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin())
-            } else {
-                std::fs::read_to_string(&file)
-            }
-            .map_err(|err| usage(format!("{}: {err}", file.display())))?;
+            let document = read(&file)?;
             let response = client
                 .apply(ApplyRequest {
                     document,
@@ -214,6 +340,168 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Reads a file named on the command line; `-` is standard input.
+fn read(file: &PathBuf) -> Result<String, Failure> {
+    if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|err| usage(format!("{}: {err}", file.display())))
+}
+
+enum Bound {
+    Sequence(u64),
+    Time(prost_types::Timestamp),
+}
+
+/// A replay bound: a sequence number, an RFC 3339 time, or a duration ago.
+fn bound(flag: &str, text: &str) -> Result<Bound, Failure> {
+    if let Ok(sequence) = text.parse::<u64>() {
+        return Ok(Bound::Sequence(sequence));
+    }
+    let at = match time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        Ok(at) => at,
+        Err(_) => {
+            let ago = humantime::parse_duration(text).map_err(|_| {
+                usage(format!(
+                    "{flag} {text:?}: give a sequence number, an RFC 3339 time or a duration ago such as 2h"
+                ))
+            })?;
+            time::OffsetDateTime::now_utc() - ago
+        }
+    };
+    Ok(Bound::Time(prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: i32::try_from(at.nanosecond()).unwrap_or_default(),
+    }))
+}
+
+fn progress_bar(progress: &ReplayProgress) -> String {
+    const WIDTH: u64 = 30;
+    let total = progress.total.max(progress.scanned).max(1);
+    let filled = (progress.scanned * WIDTH / total).min(WIDTH) as usize;
+    format!(
+        "[{}{}] {}/{} events, {} published",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        progress.scanned,
+        total,
+        progress.published
+    )
+}
+
+fn print_replay(format: Format, progress: &ReplayProgress) {
+    let value = serde_json::json!({
+        "replay_id": progress.replay_id,
+        "dry_run": progress.dry_run,
+        "scanned": progress.scanned,
+        "published": progress.published,
+        "already_delivered": progress.already_delivered,
+        "dead_lettered": progress.dead_lettered,
+        "not_routed": progress.not_routed,
+        "last_sequence": progress.last_sequence,
+    });
+    if format != Format::Table {
+        return print_value(format, &value);
+    }
+    let verb = if progress.dry_run {
+        "would publish"
+    } else {
+        "published"
+    };
+    println!("replay {}", progress.replay_id);
+    println!("  events read        {}", progress.scanned);
+    println!("  deliveries {verb:<8}{}", progress.published);
+    println!(
+        "  already delivered  {} (left out; --redeliver sends them again)",
+        progress.already_delivered
+    );
+    println!("  dead-lettered      {}", progress.dead_lettered);
+    println!("  not routed         {}", progress.not_routed);
+    if progress.last_sequence > 0 {
+        println!("  last sequence      {}", progress.last_sequence);
+    }
+}
+
+fn print_test(format: Format, response: &TestMappingResponse) {
+    let violations = |list: &[switchyard_control::proto::Violation]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|v| serde_json::json!({"path": v.path, "message": v.message}))
+            .collect()
+    };
+    let output: Option<serde_json::Value> = response
+        .output
+        .as_deref()
+        .and_then(|text| serde_json::from_str(text).ok());
+    if format != Format::Table {
+        let diagnostics: Vec<_> = response
+            .diagnostics
+            .iter()
+            .map(|d| serde_json::json!({"field": d.field, "message": d.message}))
+            .collect();
+        return print_value(
+            format,
+            &serde_json::json!({
+                "mapping": response.mapping,
+                "passed": response.passed,
+                "diagnostics": diagnostics,
+                "input_violations": violations(&response.input_violations),
+                "output": output,
+                "skipped": response.skipped,
+                "error": response.error,
+                "output_violations": violations(&response.output_violations),
+            }),
+        );
+    }
+    println!("mapping  {}", response.mapping);
+    if !response.diagnostics.is_empty() {
+        println!("compile  failed");
+        for diagnostic in &response.diagnostics {
+            println!("{}:\n{}", diagnostic.field, diagnostic.message);
+        }
+        return;
+    }
+    let verdict = |list: &[switchyard_control::proto::Violation]| {
+        if list.is_empty() {
+            "ok".to_owned()
+        } else {
+            let lines: Vec<String> = list
+                .iter()
+                .map(|v| {
+                    format!(
+                        "\n  {}: {}",
+                        if v.path.is_empty() { "/" } else { &v.path },
+                        v.message
+                    )
+                })
+                .collect();
+            format!("{} violation(s){}", list.len(), lines.concat())
+        }
+    };
+    println!("input    {}", verdict(&response.input_violations));
+    if let Some(reason) = &response.skipped {
+        println!("skipped  {reason} (the route would skip this event)");
+    }
+    if let Some(error) = &response.error {
+        println!("error    {error}");
+    }
+    if let Some(output) = &output {
+        println!(
+            "output   {}",
+            serde_json::to_string_pretty(output)
+                .unwrap_or_default()
+                .replace('\n', "\n         ")
+        );
+        println!("schema   {}", verdict(&response.output_violations));
+    }
+    println!(
+        "result   {}",
+        if response.passed { "passed" } else { "failed" }
+    );
 }
 
 fn print_resources(format: Format, resources: &[Resource]) {

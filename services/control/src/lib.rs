@@ -1,12 +1,14 @@
 //! Switchyard control: the gRPC API (package `switchyard.v1`).
 //!
-//! Serves the catalog API, `grpc.health.v1`, and server reflection in both the v1 and
+//! Serves the catalog, mapping dry-run and replay APIs, `grpc.health.v1`, and server reflection in both the v1 and
 //! v1alpha protocols so that grpcurl of any age can list and call the services.
 
 #![forbid(unsafe_code)]
 
 mod catalog;
 pub mod convert;
+mod mapping;
+mod replay;
 
 use switchyard_core::{
     catalog::CatalogStore, config::Settings, nats, shutdown::Shutdown, topology,
@@ -14,7 +16,7 @@ use switchyard_core::{
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-pub use crate::catalog::CatalogApi;
+pub use crate::{catalog::CatalogApi, mapping::MappingApi, replay::ReplayApi};
 
 /// Generated protobuf and gRPC code of `switchyard.v1`.
 pub mod proto {
@@ -57,6 +59,12 @@ pub async fn run(
     health
         .set_serving::<proto::catalog_service_server::CatalogServiceServer<CatalogApi>>()
         .await;
+    health
+        .set_serving::<proto::mapping_service_server::MappingServiceServer<MappingApi>>()
+        .await;
+    health
+        .set_serving::<proto::replay_service_server::ReplayServiceServer<ReplayApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -71,7 +79,13 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(proto::catalog_service_server::CatalogServiceServer::new(
-            CatalogApi::new(store),
+            CatalogApi::new(store.clone()),
+        ))
+        .add_service(proto::mapping_service_server::MappingServiceServer::new(
+            MappingApi::new(store),
+        ))
+        .add_service(proto::replay_service_server::ReplayServiceServer::new(
+            ReplayApi::new(nats.jetstream.clone()),
         ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             shutdown.cancelled().await;

@@ -45,6 +45,9 @@ pub const RESPONSE_EXCERPT: &str = "Switchyard-Response-Excerpt";
 /// The catalog revision ingest accepted the event under; transform routes it with
 /// that revision or a newer one.
 pub const CATALOG_REVISION: &str = "Switchyard-Catalog-Revision";
+/// Set on a forced replay of an event already delivered: the replay's id, which gives
+/// the delivery an idempotency key of its own.
+pub const REDELIVERY: &str = "Switchyard-Redelivery";
 /// The ingest stream sequence of the original event.
 pub const INGEST_SEQUENCE: &str = "Switchyard-Ingest-Sequence";
 

@@ -17,6 +17,7 @@ mod error;
 pub mod event;
 pub mod headers;
 pub mod lease;
+pub mod ledger;
 pub mod local_server;
 pub mod mapping;
 pub mod metrics;

@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 pub mod breaker;
-mod ledger;
 mod ordering;
 mod outcome;
 pub mod sender;
@@ -47,6 +46,7 @@ use switchyard_core::{
     config::Settings,
     consumer::Subscription,
     headers, lease,
+    ledger::{self, Ledger, Record},
     metrics::{self, DeliveryLabels, ProviderLabels, TransitionLabels},
     nats::{self, Nats},
     ratelimit::Limiter,
@@ -59,7 +59,6 @@ use tracing::Instrument;
 
 use crate::{
     breaker::{Breaker, Permit, State, Transition},
-    ledger::{Ledger, Record},
     ordering::{Gate, Turn},
     outcome::OutcomeLog,
     sender::{Answer, Sender, Verdict, classify},
@@ -458,7 +457,11 @@ impl Delivery {
         let header = |name| headers::get(message_headers, name).unwrap_or("").to_owned();
         let (event_id, route) = (header(headers::EVENT_ID), header(headers::ROUTE));
         let idempotency_key = match (event_id.is_empty(), route.is_empty()) {
-            (false, false) => format!("{event_id}:{route}"),
+            (false, false) => ledger::delivery_key(
+                &event_id,
+                &route,
+                headers::get(message_headers, headers::REDELIVERY),
+            ),
             _ => headers::get(message_headers, headers::NATS_MSG_ID)
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("deliver-{sequence}")),

@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod replay;
 mod routing;
 
 use std::{sync::Arc, time::Duration};

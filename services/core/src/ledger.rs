@@ -6,10 +6,20 @@
 //! open breaker, an ordering wait — so those never spend a message's retry budget. A
 //! `delivered` record stops a resend when a 2xx was received but its ack was lost.
 
+use crate::{Error, topology};
 use async_nats::jetstream::{self, kv};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use switchyard_core::{Error, topology};
+
+/// The idempotency key of the delivery of `event_id` on `route`: what the provider
+/// receives as `Idempotency-Key`. A forced redelivery (a replay of an event already
+/// delivered) gets a key of its own, so that the provider takes it again.
+pub fn delivery_key(event_id: &str, route: &str, redelivery: Option<&str>) -> String {
+    match redelivery {
+        Some(replay) => format!("{event_id}:{route}:redelivery:{replay}"),
+        None => format!("{event_id}:{route}"),
+    }
+}
 
 /// The record of one idempotency key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +64,23 @@ impl Ledger {
                 .map_err(|err| Error::Nats(format!("unreadable delivery record {key}: {err}"))),
             None => Ok(Record::default()),
         }
+    }
+
+    /// Gives an event that was not delivered a fresh retry budget (for replays): the
+    /// record keeps `delivered` if the provider took it meanwhile.
+    pub async fn reset_attempts(&self, key: &str) -> Result<(), Error> {
+        let record = self.get(key).await?;
+        if record.attempts == 0 || record.delivered {
+            return Ok(());
+        }
+        self.put(
+            key,
+            &Record {
+                attempts: 0,
+                ..record
+            },
+        )
+        .await
     }
 
     /// Stores the record of `key` and waits until it is stored.

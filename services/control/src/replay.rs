@@ -1,0 +1,113 @@
+//! `switchyard.v1.ReplayService`: re-running stored events, with progress.
+
+use std::pin::Pin;
+
+use async_nats::jetstream;
+use futures::Stream;
+use switchyard_transform::replay::{self, Progress, ReplayError};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::proto::{ReplayProgress, ReplayRequest, replay_service_server::ReplayService};
+
+/// Replays over the INGEST stream.
+#[derive(Clone)]
+pub struct ReplayApi {
+    jetstream: jetstream::Context,
+}
+
+impl ReplayApi {
+    /// Replays events stored in `jetstream`.
+    pub fn new(jetstream: jetstream::Context) -> Self {
+        Self { jetstream }
+    }
+}
+
+fn to_proto(progress: Progress) -> ReplayProgress {
+    ReplayProgress {
+        replay_id: progress.replay_id,
+        scanned: progress.scanned,
+        total: progress.total,
+        published: progress.published,
+        already_delivered: progress.already_delivered,
+        dead_lettered: progress.dead_lettered,
+        not_routed: progress.not_routed,
+        last_sequence: progress.last_sequence,
+        done: progress.done,
+        dry_run: progress.dry_run,
+    }
+}
+
+fn time(
+    field: &str,
+    timestamp: Option<prost_types::Timestamp>,
+) -> Result<Option<time::OffsetDateTime>, Status> {
+    let Some(timestamp) = timestamp else {
+        return Ok(None);
+    };
+    let nanos = i128::from(timestamp.seconds) * 1_000_000_000 + i128::from(timestamp.nanos);
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .map(Some)
+        .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
+}
+
+fn status(err: ReplayError) -> Status {
+    match err {
+        ReplayError::Invalid(message) => Status::invalid_argument(message),
+        ReplayError::NotFound(message) => Status::not_found(message),
+        ReplayError::Core(err) => crate::catalog::status(err),
+        ReplayError::Cancelled => Status::cancelled("the replay was cancelled"),
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<ReplayProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ReplayService for ReplayApi {
+    type ReplayStream = ProgressStream;
+
+    async fn replay(
+        &self,
+        request: Request<ReplayRequest>,
+    ) -> Result<Response<Self::ReplayStream>, Status> {
+        let request = request.into_inner();
+        let request = replay::Request {
+            source: request.source,
+            route: request.route,
+            from_sequence: request.from_sequence,
+            to_sequence: request.to_sequence,
+            from_time: time("from_time", request.from_time)?,
+            to_time: time("to_time", request.to_time)?,
+            redeliver: request.redeliver,
+            dry_run: request.dry_run,
+        };
+        let (progress_tx, mut progress_rx) = mpsc::channel(16);
+        let (out_tx, out_rx) = mpsc::channel(16);
+        let jetstream = self.jetstream.clone();
+        tokio::spawn(async move {
+            let run = replay::replay(&jetstream, request, progress_tx);
+            tokio::pin!(run);
+            let result = loop {
+                tokio::select! {
+                    Some(progress) = progress_rx.recv() => {
+                        if out_tx.send(Ok(to_proto(progress))).await.is_err() {
+                            // The caller left; dropping `run` stops the replay.
+                            return;
+                        }
+                    }
+                    result = &mut run => break result,
+                }
+            };
+            while let Ok(progress) = progress_rx.try_recv() {
+                let _ = out_tx.send(Ok(to_proto(progress))).await;
+            }
+            if let Err(err) = result {
+                let _ = out_tx.send(Err(status(err))).await;
+            }
+        });
+        let stream = futures::stream::unfold(out_rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
