@@ -373,4 +373,48 @@ program: |
     let report: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
     assert_eq!(report["passed"], false);
     assert_eq!(report["input_violations"][0]["path"], "");
+
+    // syctl drafts a mapping offline, and the draft runs on the sample it came from.
+    let wanted = dir.path().join("contact.json");
+    std::fs::write(
+        &wanted,
+        serde_json::json!({"order_id": "7", "email": "x@y.z", "amount": 1.5}).to_string(),
+    )
+    .unwrap();
+    let drafted = Command::new(switchyard_tests::syctl())
+        .args(["--server", "http://127.0.0.1:1"])
+        .args(["mapping", "suggest", "--from", sample_arg, "--to"])
+        .arg(&wanted)
+        .output()
+        .unwrap();
+    assert!(
+        drafted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drafted.stderr)
+    );
+    let program = String::from_utf8(drafted.stdout).unwrap();
+    assert!(program.contains(".email = input.email"), "{program}");
+    let program_file = dir.path().join("draft.vrl");
+    std::fs::write(&program_file, &program).unwrap();
+    let tried = syctl(&[
+        "-o",
+        "json",
+        "mapping",
+        "test",
+        "--program",
+        program_file.to_str().unwrap(),
+        "--sample",
+        sample_arg,
+    ]);
+    assert_eq!(
+        tried.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&tried.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&tried.stdout).unwrap();
+    assert_eq!(
+        report["output"],
+        serde_json::json!({"order_id": "7", "email": "User-7@Shop.Example", "amount": 1.0})
+    );
 }

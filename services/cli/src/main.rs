@@ -107,6 +107,16 @@ enum MappingCommand {
         #[arg(long, short)]
         sample: PathBuf,
     },
+    /// Draft a VRL mapping from the input and output shapes (JSON Schemas or samples),
+    /// offline: one line per output field, a comment for each that nothing matches.
+    Suggest {
+        /// What comes in: a JSON Schema or a sample event (JSON or YAML).
+        #[arg(long)]
+        from: PathBuf,
+        /// What must come out: a JSON Schema or a sample body.
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,16 +180,29 @@ fn usage(message: impl Into<String>) -> Failure {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let channel = Channel::from_shared(cli.server.clone())
-        .map_err(|err| usage(format!("--server {}: {err}", cli.server)))?
-        .connect()
-        .await
-        .map_err(|err| Failure {
-            message: format!("cannot reach the control API at {}: {err}", cli.server),
-            code: 3,
-        })?;
-    let mut client = CatalogServiceClient::new(channel.clone());
+    let server = cli.server.clone();
+    // Suggestions are offline; every other command talks to the control API.
+    let connect = || async move {
+        Channel::from_shared(server.clone())
+            .map_err(|err| usage(format!("--server {server}: {err}")))?
+            .connect()
+            .await
+            .map_err(|err| Failure {
+                message: format!("cannot reach the control API at {server}: {err}"),
+                code: 3,
+            })
+    };
     match cli.command {
+        Command::Mapping(MappingCommand::Suggest { from, to }) => {
+            let document = |file: &PathBuf| -> Result<serde_json::Value, Failure> {
+                serde_yaml_ng::from_str(&read(file)?)
+                    .map_err(|err| usage(format!("{}: not JSON or YAML: {err}", file.display())))
+            };
+            print!(
+                "{}",
+                switchyard_core::suggest::suggest(&document(&from)?, &document(&to)?)
+            );
+        }
         Command::Mapping(MappingCommand::Test {
             reference,
             file,
@@ -201,7 +224,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "give a published mapping (name@version), --file or --program",
                 ));
             }
-            let response = MappingServiceClient::new(channel)
+            let response = MappingServiceClient::new(connect().await?)
                 .test_mapping(TestMappingRequest {
                     reference: reference.unwrap_or_default(),
                     document,
@@ -244,7 +267,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     Bound::Time(time) => request.to_time = Some(time),
                 }
             }
-            let mut stream = ReplayServiceClient::new(channel)
+            let mut stream = ReplayServiceClient::new(connect().await?)
                 .replay(request)
                 .await?
                 .into_inner();
@@ -272,7 +295,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             prune,
         } => {
             let document = read(&file)?;
-            let response = client
+            let response = CatalogServiceClient::new(connect().await?)
                 .apply(ApplyRequest {
                     document,
                     dry_run,
@@ -315,6 +338,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Command::Get { kind, name } => {
+            let mut client = CatalogServiceClient::new(connect().await?);
             let resources = match (kind, name) {
                 (Some(kind), Some(name)) => vec![
                     client

@@ -25,6 +25,7 @@ pub mod nats;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;
+pub mod suggest;
 pub mod telemetry;
 pub mod topology;
 
