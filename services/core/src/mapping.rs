@@ -594,4 +594,33 @@ mod tests {
             "{report:?}"
         );
     }
+
+    /// Every ```vrl block of the README with `# in:` and `# out:` lines runs and
+    /// gives what the README says it gives.
+    #[test]
+    fn the_readme_patterns_do_what_they_say() {
+        let readme = include_str!("../../../README.md");
+        let mut checked = 0;
+        for block in readme.split("```vrl\n").skip(1) {
+            let program = block.split("```").next().unwrap();
+            let line = |prefix: &str| -> serde_json::Value {
+                let text = program
+                    .lines()
+                    .find_map(|line| line.strip_prefix(prefix))
+                    .unwrap_or_else(|| panic!("no {prefix:?} line in\n{program}"));
+                serde_json::from_str(text.trim()).unwrap()
+            };
+            let (input, expected) = (line("# in:"), line("# out:"));
+            let compiled = CompiledMapping::compile(&mapping(program, None, None))
+                .unwrap_or_else(|errors| panic!("{program}\n{errors:?}"));
+            let event = Event::from_json(input);
+            let Ok(Output::Body(body)) = compiled.apply(&event) else {
+                panic!("{program} gave no body")
+            };
+            let output: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(output, expected, "{program}");
+            checked += 1;
+        }
+        assert!(checked >= 7, "only {checked} patterns found");
+    }
 }
