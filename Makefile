@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test build lint fmt nats-server python-deps
+.PHONY: run test bench build lint fmt nats-server python-deps
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -17,6 +17,11 @@ test: nats-server python-deps
 	else \
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
+
+## bench: release-build benchmarks against baselines measured in the same run
+bench: nats-server
+	$(CARGO) bench -p switchyard-tests --bench mapping
+	$(CARGO) run --release -p switchyard-tests --bin switchyard-bench
 
 ## build: debug build of every binary
 build:

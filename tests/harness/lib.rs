@@ -7,6 +7,7 @@
 
 mod pipeline;
 mod provider;
+pub mod workload;
 
 use std::time::Duration;
 

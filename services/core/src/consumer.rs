@@ -96,6 +96,17 @@ impl Subscription {
         }))
     }
 
+    /// Whether [`Subscription::next`] is worth calling with `room`: while a request is
+    /// open any room will do, but a new request waits until at least half a batch
+    /// fits, so a busy consumer pulls in full batches rather than one message per
+    /// round trip.
+    pub fn ready(&self, room: usize) -> bool {
+        match self.pull {
+            Pull::Idle => room >= self.batch.div_ceil(2),
+            Pull::Issuing(_) | Pull::Reading(_) => room > 0,
+        }
+    }
+
     /// The next message, or `None` once the shutdown has started. `room` is how many
     /// messages the caller can start on right away: a new pull request asks for no
     /// more, so no message waits in a local buffer while its `ack_wait` runs out.

@@ -21,6 +21,7 @@ use async_nats::jetstream::{
     context::PublishAckFuture,
 };
 
+use futures::{StreamExt, stream::FuturesOrdered};
 use switchyard_core::{
     catalog::{CatalogStore, Snapshot},
     config::Settings,
@@ -75,29 +76,48 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
         jetstream: nats.jetstream.clone(),
         catalog,
         store,
-        routing: Routing::default(),
+        routing: Arc::default(),
     };
     let initial = transform.catalog.borrow_and_update().clone();
     transform.apply(&initial);
     tracing::info!("transform consuming INGEST");
 
-    // Each message's settlement runs as its own task: it awaits publish acks, and
+    // Mappings run as tasks of their own, so they use every core, and their results
+    // are published strictly in arrival order (per-key ordering relies on it). Each
+    // message's settlement then runs as its own task: it awaits publish acks, and
     // publishing waits for ack permits that only finished settlements give back, so
     // settlements must progress while this loop is blocked publishing.
+    let mut mapping = FuturesOrdered::new();
     let mut in_flight = JoinSet::new();
     loop {
-        let busy = !in_flight.is_empty();
-        let room = max_in_flight.saturating_sub(in_flight.len());
-        let message = tokio::select! {
+        let room = max_in_flight.saturating_sub(in_flight.len() + mapping.len());
+        tokio::select! {
             biased;
-            Some(_) = in_flight.join_next(), if busy => continue,
-            message = subscription.next(room), if room > 0 => message,
-        };
-        let Some(message) = message else { break };
-        transform.refresh(&message).await;
-        in_flight.spawn(transform.process(message).await);
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(mapped) = mapping.next(), if !mapping.is_empty() => match mapped {
+                Ok(mapped) => {
+                    in_flight.spawn(transform.publish(mapped).await);
+                }
+                Err(err) => tracing::error!(error = %err, "a mapping task failed; the event will be redelivered"),
+            },
+            message = subscription.next(room), if subscription.ready(room) => {
+                let Some(message) = message else { break };
+                transform.refresh(&message).await;
+                if let Some(work) = transform.map(message) {
+                    mapping.push_back(tokio::spawn(work));
+                }
+            }
+        }
     }
-    tracing::info!(in_flight = in_flight.len(), "transform draining");
+    tracing::info!(
+        in_flight = in_flight.len() + mapping.len(),
+        "transform draining"
+    );
+    while let Some(mapped) = mapping.next().await {
+        if let Ok(mapped) = mapped {
+            in_flight.spawn(transform.publish(mapped).await);
+        }
+    }
     while in_flight.join_next().await.is_some() {}
     subscription.close().await;
     Ok(())
@@ -107,7 +127,7 @@ struct Transform {
     jetstream: jetstream::Context,
     catalog: watch::Receiver<Arc<Snapshot>>,
     store: CatalogStore,
-    routing: Routing,
+    routing: Arc<Routing>,
 }
 
 /// What remains to do for one ingest message once its outputs are published.
@@ -145,7 +165,7 @@ impl Transform {
         match Routing::build(&snapshot.catalog, snapshot.revision, &self.routing) {
             Ok(routing) => {
                 tracing::info!(revision = snapshot.revision, "routes compiled");
-                self.routing = routing;
+                self.routing = Arc::new(routing);
             }
             Err(err) => tracing::error!(
                 revision = snapshot.revision,
@@ -156,17 +176,15 @@ impl Transform {
         }
     }
 
-    /// Runs the mappings and publishes the outputs; returns the future that awaits
-    /// their acks and then settles the ingest message.
-    async fn process(&self, message: jetstream::Message) -> Settle {
-        let info = match message.info() {
+    /// The work of mapping `message` through every route, to run on any thread.
+    fn map(&self, message: jetstream::Message) -> Option<impl Future<Output = Mapped> + use<>> {
+        let (sequence, published) = match message.info() {
             Ok(info) => (info.stream_sequence, info.published),
             Err(err) => {
                 tracing::error!(error = %err, subject = %message.subject, "message without JetStream metadata");
-                return Box::pin(async {});
+                return None;
             }
         };
-        let (sequence, published) = info;
         let event_id = event::event_id(message.headers.as_ref(), sequence, published);
         let span = tracing::info_span!(
             "transform process",
@@ -178,44 +196,75 @@ impl Transform {
             routes = tracing::field::Empty,
         );
         headers::set_parent_from(&span, message.headers.as_ref());
-        let acks = self
-            .publish_outputs(&message, &event_id, sequence, published)
-            .instrument(span.clone())
-            .await;
-        Box::pin(settle(message, acks, event_id).instrument(span))
+        let routing = self.routing.clone();
+        Some(async move {
+            let outputs =
+                span.in_scope(|| outputs(&routing, &message, &event_id, sequence, published));
+            span.record("routes", outputs.len());
+            Mapped {
+                message,
+                event_id,
+                span,
+                outputs,
+            }
+        })
     }
 
-    async fn publish_outputs(
-        &self,
-        message: &jetstream::Message,
-        event_id: &str,
-        sequence: u64,
-        published: time::OffsetDateTime,
-    ) -> Result<Vec<PublishAckFuture>, String> {
-        let Some((source, event_type)) = topology::parse_ingest_subject(&message.subject) else {
-            tracing::error!(subject = %message.subject, "not of the form ingest.<source>.<event_type>; nothing can route it");
-            return Ok(Vec::new());
-        };
-        let received_at = headers::get(message.headers.as_ref(), headers::RECEIVED_AT)
-            .map(str::to_owned)
-            .unwrap_or_else(|| event::rfc3339(published));
-        let incoming = Incoming {
-            source,
-            event_type,
-            headers: message.headers.as_ref(),
-            payload: &message.payload,
+    /// Publishes a mapped message's outputs; returns the future that awaits their
+    /// acks and then settles the ingest message.
+    async fn publish(&self, mapped: Mapped) -> Settle {
+        let Mapped {
+            message,
             event_id,
-            sequence,
-            received_at: &received_at,
-        };
-        let outputs = self.routing.outputs(&incoming, None);
-        tracing::Span::current().record("routes", outputs.len());
-        let mut acks = Vec::with_capacity(outputs.len());
-        for output in outputs {
-            acks.push(publish(&self.jetstream, output).await?);
+            span,
+            outputs,
+        } = mapped;
+        let acks = async {
+            let mut acks = Vec::with_capacity(outputs.len());
+            for output in outputs {
+                acks.push(publish(&self.jetstream, output).await?);
+            }
+            Ok(acks)
         }
-        Ok(acks)
+        .instrument(span.clone())
+        .await;
+        Box::pin(settle(message, acks, event_id).instrument(span))
     }
+}
+
+/// An ingest message with what its routes made of it.
+struct Mapped {
+    message: jetstream::Message,
+    event_id: String,
+    span: tracing::Span,
+    outputs: Vec<Outgoing>,
+}
+
+/// What every route makes of `message`.
+fn outputs(
+    routing: &Routing,
+    message: &jetstream::Message,
+    event_id: &str,
+    sequence: u64,
+    published: time::OffsetDateTime,
+) -> Vec<Outgoing> {
+    let Some((source, event_type)) = topology::parse_ingest_subject(&message.subject) else {
+        tracing::error!(subject = %message.subject, "not of the form ingest.<source>.<event_type>; nothing can route it");
+        return Vec::new();
+    };
+    let received_at = headers::get(message.headers.as_ref(), headers::RECEIVED_AT)
+        .map(str::to_owned)
+        .unwrap_or_else(|| event::rfc3339(published));
+    let incoming = Incoming {
+        source,
+        event_type,
+        headers: message.headers.as_ref(),
+        payload: &message.payload,
+        event_id,
+        sequence,
+        received_at: &received_at,
+    };
+    routing.outputs(&incoming, None)
 }
 
 /// Publishes one output with its trace context; returns the ack to await.
