@@ -36,8 +36,8 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("vrl_20_fields_1kib", |b| {
         b.iter(|| {
-            let event = Event::parse(&body).unwrap();
-            compiled.apply(&event).unwrap()
+            let mut event = Event::parse(&body).unwrap();
+            compiled.apply_last(&mut event).unwrap()
         })
     });
     group.finish();

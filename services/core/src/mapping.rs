@@ -351,10 +351,28 @@ impl CompiledMapping {
 
     /// Checks the input, runs the program and checks its output.
     pub fn apply(&self, event: &Event) -> Result<Output, Failure> {
-        if let Some(contract) = &self.input {
-            contract.check(event.json()).map_err(Failure::Input)?;
+        self.check_input(event)?;
+        self.run_and_check(event.value().clone())
+    }
+
+    /// [`CompiledMapping::apply`] for the last route that reads `event`: the program
+    /// takes the event's value instead of a copy, and `event` is empty afterwards.
+    pub fn apply_last(&self, event: &mut Event) -> Result<Output, Failure> {
+        self.check_input(event)?;
+        let value = std::mem::replace(&mut event.value, Value::Null);
+        event.json = OnceLock::new();
+        self.run_and_check(value)
+    }
+
+    fn check_input(&self, event: &Event) -> Result<(), Failure> {
+        match &self.input {
+            Some(contract) => contract.check(event.json()).map_err(Failure::Input),
+            None => Ok(()),
         }
-        let output = match self.program.run(event.value().clone()) {
+    }
+
+    fn run_and_check(&self, input: Value) -> Result<Output, Failure> {
+        let output = match self.program.run(input) {
             Ok(Ok(output)) => output,
             Ok(Err(reason)) => return Ok(Output::Skipped(reason)),
             Err(err) => return Err(Failure::Run(err)),

@@ -189,14 +189,15 @@ impl Routing {
     /// takes it (only `only_route` when given), nothing for routes that filter or skip
     /// it. The event body is parsed once for all routes.
     pub fn outputs(&self, event: &Incoming<'_>, only_route: Option<&str>) -> Vec<Outgoing> {
+        let routes: Vec<&CompiledRoute> = self
+            .matching(event.source, event.event_type)
+            .filter(|compiled| only_route.is_none_or(|name| name == compiled.route.name))
+            .collect();
         let mut parsed = None;
-        let mut outputs = Vec::new();
-        for compiled in self.matching(event.source, event.event_type) {
-            if only_route.is_some_and(|name| name != compiled.route.name) {
-                continue;
-            }
+        let mut outputs = Vec::with_capacity(routes.len());
+        for (i, compiled) in routes.iter().enumerate() {
             let parsed = parsed.get_or_insert_with(|| Event::parse(event.payload));
-            let decision = compiled.decide(parsed);
+            let decision = compiled.decide(parsed, i + 1 == routes.len());
             if let Some(outgoing) = compiled.outgoing(event, decision) {
                 outputs.push(outgoing);
             }
@@ -206,8 +207,9 @@ impl Routing {
 }
 
 impl CompiledRoute {
-    /// Runs the filter, the input contract, the program and the output contract.
-    pub fn decide(&self, event: &Result<Event, RunError>) -> Decision {
+    /// Runs the filter, the input contract, the program and the output contract;
+    /// `last` lets the program take the event instead of a copy.
+    pub fn decide(&self, event: &mut Result<Event, RunError>, last: bool) -> Decision {
         let event = match event {
             Ok(event) => event,
             Err(err) => return dead_letter("mapping", err.to_string(), &[]),
@@ -221,11 +223,14 @@ impl CompiledRoute {
                 }
             }
         }
-        match self.compiled.apply(event) {
-            Ok(Output::Body(body)) => Decision::Deliver {
-                body,
-                ordering_key: self.ordering_key(event),
-            },
+        let ordering_key = self.ordering_key(event);
+        let applied = if last {
+            self.compiled.apply_last(event)
+        } else {
+            self.compiled.apply(event)
+        };
+        match applied {
+            Ok(Output::Body(body)) => Decision::Deliver { body, ordering_key },
             Ok(Output::Skipped(reason)) => Decision::Skipped(reason),
             Err(failure) => dead_letter(
                 failure.category(),
