@@ -432,14 +432,14 @@ fn print_replay(format: Format, progress: &ReplayProgress) {
     if format != Format::Table {
         return print_value(format, &value);
     }
-    let verb = if progress.dry_run {
+    let published = if progress.dry_run {
         "would publish"
     } else {
         "published"
     };
     println!("replay {}", progress.replay_id);
     println!("  events read        {}", progress.scanned);
-    println!("  deliveries {verb:<8}{}", progress.published);
+    println!("  {published:<19}{}", progress.published);
     println!(
         "  already delivered  {} (left out; --redeliver sends them again)",
         progress.already_delivered
