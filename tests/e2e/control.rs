@@ -248,7 +248,12 @@ async fn health_and_reflection_serve_third_party_clients() {
         .unwrap();
 
     let mut health = HealthClient::new(channel.clone());
-    for service in ["", "switchyard.v1.CatalogService"] {
+    for service in [
+        "",
+        "switchyard.v1.CatalogService",
+        "switchyard.v1.MappingService",
+        "switchyard.v1.ReplayService",
+    ] {
         let status = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -280,6 +285,8 @@ async fn health_and_reflection_serve_third_party_clients() {
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     for expected in [
         "switchyard.v1.CatalogService",
+        "switchyard.v1.MappingService",
+        "switchyard.v1.ReplayService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
     ] {
