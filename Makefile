@@ -50,6 +50,7 @@ nats-server:
 	fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server
 
-# The reference Standard Webhooks library checks the signatures delivery sends.
+# The reference Standard Webhooks library checks the signatures delivery sends;
+# grpcio-tools generates the third-party Python client of the control API.
 python-deps:
-	@python3 -c "import standardwebhooks" 2>/dev/null || python3 -m pip install --quiet standardwebhooks
+	@python3 -c "import standardwebhooks, grpc_tools" 2>/dev/null || python3 -m pip install --quiet standardwebhooks grpcio-tools

@@ -314,3 +314,50 @@ async fn health_and_reflection_serve_third_party_clients() {
         "{answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_generated_from_the_proto_drives_the_api() {
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let _ = client(&pipeline).await;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let address = pipeline
+        .control_url
+        .trim_start_matches("http://")
+        .to_owned();
+    let output = tokio::process::Command::new("python3")
+        .arg(root.join("clients/python_client.py"))
+        .arg(&address)
+        .arg(root.join("../proto"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        seen["plan"],
+        serde_json::json!([["python-made@1", "CHANGE_ACTION_CREATE"]])
+    );
+    assert_eq!(
+        seen["mappings"],
+        serde_json::json!(["order-to-contact@1", "python-made@1"])
+    );
+    assert_eq!(
+        seen["test"],
+        serde_json::json!({"passed": true, "output": {"from": "python", "id": 7}})
+    );
+    assert_eq!(seen["invalid"]["code"], "INVALID_ARGUMENT");
+    let details = seen["invalid"]["details"].as_str().unwrap();
+    assert!(
+        details.contains("routes[1].source: no source named"),
+        "{details}"
+    );
+    assert_eq!(
+        seen["replay"],
+        serde_json::json!({"done": true, "dry_run": true, "scanned": 0})
+    );
+}
