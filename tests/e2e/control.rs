@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use switchyard_control::proto::{
-    ApplyRequest, ChangeAction, GetResourceRequest, ListResourcesRequest, ResourceKind,
-    catalog_service_client::CatalogServiceClient,
+    ApplyRequest, ChangeAction, DeleteResourceRequest, GetResourceRequest, ListResourcesRequest,
+    ResourceKind, catalog_service_client::CatalogServiceClient,
 };
 use switchyard_tests::{FakeProvider, Pipeline};
 use tonic::{Code, transport::Channel};
@@ -360,4 +360,63 @@ async fn a_python_client_generated_from_the_proto_drives_the_api() {
         seen["replay"],
         serde_json::json!({"done": true, "dry_run": true, "scanned": 0})
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_refuse_what_is_still_referred_to() {
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let mut control = client(&pipeline).await;
+    let delete = |kind: ResourceKind, name: &str| DeleteResourceRequest {
+        kind: kind as i32,
+        name: name.into(),
+        expected_revision: 0,
+    };
+    let refused = control
+        .delete_resource(delete(ResourceKind::Mapping, "order-to-contact@1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("routes[0].mapping"),
+        "{}",
+        refused.message()
+    );
+    let missing = control
+        .delete_resource(delete(ResourceKind::Route, "nope"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // syctl deletes the route; then the mapping version can go.
+    let output = tokio::process::Command::new(switchyard_tests::syctl())
+        .args([
+            "--server",
+            &pipeline.control_url,
+            "delete",
+            "route",
+            "orders",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("deleted route orders"));
+    control
+        .delete_resource(delete(ResourceKind::Mapping, "order-to-contact@1"))
+        .await
+        .unwrap();
+    let left = control
+        .list_resources(ListResourcesRequest {
+            kind: ResourceKind::Unspecified as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = left.resources.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["shop", "crm"]);
 }

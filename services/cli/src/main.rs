@@ -10,10 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_control::{
     convert::struct_to_json,
     proto::{
-        ApplyRequest, ChangeAction, GetResourceRequest, ListResourcesRequest, ReplayProgress,
-        ReplayRequest, Resource, ResourceKind, TestMappingRequest, TestMappingResponse,
-        catalog_service_client::CatalogServiceClient, mapping_service_client::MappingServiceClient,
-        replay_service_client::ReplayServiceClient,
+        ApplyRequest, ChangeAction, DeleteResourceRequest, GetResourceRequest,
+        ListResourcesRequest, ReplayProgress, ReplayRequest, Resource, ResourceKind,
+        TestMappingRequest, TestMappingResponse, catalog_service_client::CatalogServiceClient,
+        mapping_service_client::MappingServiceClient, replay_service_client::ReplayServiceClient,
     },
 };
 use tonic::transport::Channel;
@@ -64,6 +64,13 @@ enum Command {
         kind: Option<Kind>,
         /// The resource's name (`name@version` for a mapping).
         name: Option<String>,
+    },
+    /// Delete one resource; refused while others still refer to it.
+    Delete {
+        /// source, provider, mapping or route.
+        kind: Kind,
+        /// The resource's name (`name@version` for a mapping).
+        name: String,
     },
     /// Try mappings out and draft new ones.
     #[command(subcommand)]
@@ -334,6 +341,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_value(
                     cli.output,
                     &serde_json::json!({"revision": response.revision, "dry_run": response.dry_run, "changes": changes}),
+                );
+            }
+        }
+        Command::Delete { kind, name } => {
+            let response = CatalogServiceClient::new(connect().await?)
+                .delete_resource(DeleteResourceRequest {
+                    kind: ResourceKind::from(kind) as i32,
+                    name: name.clone(),
+                    expected_revision: 0,
+                })
+                .await?
+                .into_inner();
+            let kind = kind_name(ResourceKind::from(kind));
+            if cli.output == Format::Table {
+                println!(
+                    "deleted {kind} {name}; catalog now at revision {}",
+                    response.revision
+                );
+            } else {
+                print_value(
+                    cli.output,
+                    &serde_json::json!({"deleted": {"kind": kind, "name": name}, "revision": response.revision}),
                 );
             }
         }

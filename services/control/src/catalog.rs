@@ -1,4 +1,4 @@
-//! `switchyard.v1.CatalogService`: get, list and apply catalog resources.
+//! `switchyard.v1.CatalogService`: get, list, apply and delete catalog resources.
 
 use serde_json::Value as Json;
 use switchyard_core::{
@@ -10,8 +10,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     convert::json_to_struct,
     proto::{
-        self, ApplyRequest, ApplyResponse, ChangeAction, GetResourceRequest, ListResourcesRequest,
-        ListResourcesResponse, Resource, ResourceKind, catalog_service_server::CatalogService,
+        self, ApplyRequest, ApplyResponse, ChangeAction, DeleteResourceRequest,
+        DeleteResourceResponse, GetResourceRequest, ListResourcesRequest, ListResourcesResponse,
+        Resource, ResourceKind, catalog_service_server::CatalogService,
     },
 };
 
@@ -176,5 +177,33 @@ impl CatalogService for CatalogApi {
             revision,
             dry_run: request.dry_run,
         }))
+    }
+
+    async fn delete_resource(
+        &self,
+        request: Request<DeleteResourceRequest>,
+    ) -> Result<Response<DeleteResourceResponse>, Status> {
+        let request = request.into_inner();
+        let kind =
+            kind_of(request.kind()).ok_or_else(|| Status::invalid_argument("kind: must be set"))?;
+        let current = self.store.load().await.map_err(status)?;
+        if request.expected_revision != 0 && request.expected_revision != current.revision {
+            return Err(status(CoreError::Conflict {
+                expected: request.expected_revision,
+                actual: current.revision,
+            }));
+        }
+        let next = current
+            .catalog
+            .without(kind, &request.name)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no {kind} named {:?}", request.name)))?;
+        let revision = self
+            .store
+            .save(&next, current.revision)
+            .await
+            .map_err(status)?;
+        tracing::info!(revision, %kind, name = %request.name, "catalog resource deleted");
+        Ok(Response::new(DeleteResourceResponse { revision }))
     }
 }

@@ -576,6 +576,29 @@ impl Catalog {
         check_unique(self.routes.iter().map(|r| r.name.clone()), "routes", fail);
     }
 
+    /// This catalog without the resource `name` of `kind` (`name@version` for a
+    /// mapping), validated: `Ok(None)` when there is no such resource, an error naming
+    /// whatever still refers to it.
+    pub fn without(&self, kind: Kind, name: &str) -> Result<Option<Catalog>, ValidationErrors> {
+        let mut next = self.clone();
+        let before = next.len();
+        match kind {
+            Kind::Source => next.sources.retain(|s| s.name != name),
+            Kind::Provider => next.providers.retain(|p| p.name != name),
+            Kind::Mapping => next.mappings.retain(|m| m.reference().to_string() != name),
+            Kind::Route => next.routes.retain(|r| r.name != name),
+        }
+        if next.len() == before {
+            return Ok(None);
+        }
+        next.validate()?;
+        Ok(Some(next))
+    }
+
+    fn len(&self) -> usize {
+        self.sources.len() + self.providers.len() + self.mappings.len() + self.routes.len()
+    }
+
     /// The version number the next publication of mapping `name` should use.
     pub fn next_mapping_version(&self, name: &str) -> u32 {
         self.mappings

@@ -426,3 +426,20 @@ fn source_settings_are_validated_with_their_paths() {
             .contains("exactly one of")
     );
 }
+
+#[test]
+fn deleting_names_what_still_refers_to_the_resource() {
+    let current = catalog();
+    let err = current
+        .without(Kind::Mapping, "order-to-contact@1")
+        .unwrap_err();
+    assert_eq!(err.0[0].path, "routes[0].mapping");
+    assert!(current.without(Kind::Route, "nope").unwrap().is_none());
+    let fewer = current.without(Kind::Route, "orders").unwrap().unwrap();
+    assert!(fewer.routes.is_empty());
+    let fewer = fewer
+        .without(Kind::Mapping, "order-to-contact@1")
+        .unwrap()
+        .unwrap();
+    assert!(fewer.mappings.is_empty());
+}
