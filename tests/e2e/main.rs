@@ -1,6 +1,7 @@
 //! End-to-end tests: a real nats-server, the services in-process, fake providers that
 //! are real HTTP servers. Assertions are on what the provider received.
 
+mod access;
 mod auth;
 mod chaos;
 mod control;

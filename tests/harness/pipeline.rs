@@ -41,6 +41,7 @@ impl Pipeline {
         let mut settings = Settings::default();
         settings.nats.url = nats_url.to_owned();
         settings.secrets.dir = std::env::temp_dir().join("switchyard-tests-no-secrets");
+        settings.control.allow_unauthenticated = true;
         settings
     }
 

@@ -6,6 +6,7 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard_control::{
     convert::struct_to_json,
@@ -16,12 +17,29 @@ use switchyard_control::{
         mapping_service_client::MappingServiceClient, replay_service_client::ReplayServiceClient,
     },
 };
-use tonic::transport::Channel;
+use tonic::{
+    Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
 
 /// Manage a Switchyard installation through its gRPC control API.
 #[derive(Parser)]
 #[command(version)]
 struct Cli {
+    #[command(flatten)]
+    remote: Remote,
+    /// Output format.
+    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the control API is and how to authenticate to it.
+#[derive(clap::Args)]
+struct Remote {
     /// Address of the control API.
     #[arg(
         long,
@@ -30,11 +48,29 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     server: String,
-    /// Output format.
-    #[arg(long, short, global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
-    #[command(subcommand)]
-    command: Command,
+    /// API key of the control API (sent as `authorization: Bearer`).
+    #[arg(long, global = true, env = "SYCTL_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// PEM CA certificate that signs the server's certificate (for https:// servers
+    /// whose CA is not a public one).
+    #[arg(long, global = true, env = "SYCTL_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "SYCTL_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "SYCTL_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -75,6 +111,9 @@ enum Command {
     /// Try mappings out and draft new ones.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// API keys of the control API (offline).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Re-run stored events through the current routes and mapping versions.
     Replay {
         /// Replay the events of this source through every route that takes them.
@@ -95,6 +134,20 @@ enum Command {
         /// Count what would happen without publishing anything.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new random API key: prints the key once, and the control settings entry
+    /// that stores only its hash.
+    Create {
+        /// Who will hold the key.
+        #[arg(long)]
+        name: String,
+        /// read, operate or admin; each includes the ones before it.
+        #[arg(long, value_parser = ["read", "operate", "admin"])]
+        scope: String,
     },
 }
 
@@ -186,20 +239,106 @@ fn usage(message: impl Into<String>) -> Failure {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let server = cli.server.clone();
-    // Suggestions are offline; every other command talks to the control API.
-    let connect = || async move {
-        Channel::from_shared(server.clone())
-            .map_err(|err| usage(format!("--server {server}: {err}")))?
-            .connect()
-            .await
-            .map_err(|err| Failure {
-                message: format!("cannot reach the control API at {server}: {err}"),
-                code: 3,
-            })
+/// A connection to the control API that sends the API key with every call.
+type Connection = InterceptedService<Channel, ApiKey>;
+
+/// Adds `authorization: Bearer <key>` to every request.
+#[derive(Clone)]
+struct ApiKey(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to `--server` with the key and TLS files the command line gives.
+async fn connect(cli: &Remote) -> Result<Connection, Failure> {
+    let server = &cli.server;
+    let key = match &cli.api_key {
+        Some(key) => Some(
+            format!("Bearer {}", key.trim())
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| usage("--api-key: not a printable ASCII key"))?,
+        ),
+        None => None,
     };
+    let mut endpoint = Channel::from_shared(server.clone())
+        .map_err(|err| usage(format!("--server {server}: {err}")))?;
+    if server.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &cli.ca_cert {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|err| usage(format!("TLS settings: {err}")))?;
+    } else if cli.ca_cert.is_some() || cli.client_cert.is_some() {
+        return Err(usage(
+            "--ca-cert and --client-cert need an https:// --server",
+        ));
+    }
+    let channel = endpoint.connect().await.map_err(|err| Failure {
+        message: format!(
+            "cannot reach the control API at {server}: {}",
+            error_chain(&err)
+        ),
+        code: 3,
+    })?;
+    Ok(InterceptedService::new(channel, ApiKey(key)))
+}
+
+/// An error with its causes, which is where transport errors say what went wrong.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// A new API key: `sy_` and 32 random bytes, URL-safe base64.
+fn new_key() -> Result<String, Failure> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|err| Failure {
+        message: format!("no random numbers from the system: {err}"),
+        code: 1,
+    })?;
+    Ok(format!("sy_{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let remote = &cli.remote;
+    let connect = || connect(remote);
     match cli.command {
+        Command::Keys(KeysCommand::Create { name, scope }) => {
+            let key = new_key()?;
+            let hash = switchyard_core::apikey::hash(&key);
+            if cli.output == Format::Table {
+                println!("key (shown once; give it to {name}): {key}");
+                println!();
+                println!("control settings entry (stores only the hash):");
+                println!("  api_keys:");
+                println!("    - name: {name}");
+                println!("      hash: {hash}");
+                println!("      scope: {scope}");
+            } else {
+                print_value(
+                    cli.output,
+                    &serde_json::json!({"name": name, "key": key, "hash": hash, "scope": scope}),
+                );
+            }
+        }
         Command::Mapping(MappingCommand::Suggest { from, to }) => {
             let document = |file: &PathBuf| -> Result<serde_json::Value, Failure> {
                 serde_yaml_ng::from_str(&read(file)?)

@@ -4,10 +4,12 @@ use serde_json::Value as Json;
 use switchyard_core::{
     Error as CoreError,
     catalog::{Action, Catalog, CatalogStore, Kind, MappingRef},
+    config::Scope,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth,
     convert::json_to_struct,
     proto::{
         self, ApplyRequest, ApplyResponse, ChangeAction, DeleteResourceRequest,
@@ -99,6 +101,7 @@ impl CatalogService for CatalogApi {
         &self,
         request: Request<GetResourceRequest>,
     ) -> Result<Response<Resource>, Status> {
+        auth::require(&request, Scope::Read, "GetResource")?;
         let request = request.into_inner();
         let kind =
             kind_of(request.kind()).ok_or_else(|| Status::invalid_argument("kind: must be set"))?;
@@ -120,6 +123,7 @@ impl CatalogService for CatalogApi {
         &self,
         request: Request<ListResourcesRequest>,
     ) -> Result<Response<ListResourcesResponse>, Status> {
+        auth::require(&request, Scope::Read, "ListResources")?;
         let only = kind_of(request.into_inner().kind());
         let snapshot = self.store.load().await.map_err(status)?;
         Ok(Response::new(ListResourcesResponse {
@@ -132,6 +136,11 @@ impl CatalogService for CatalogApi {
         &self,
         request: Request<ApplyRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
+        if request.get_ref().dry_run {
+            auth::require(&request, Scope::Read, "a dry-run Apply")?;
+        } else {
+            auth::require(&request, Scope::Admin, "Apply")?;
+        }
         let request = request.into_inner();
         let bundle = Catalog::parse_yaml(&request.document)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
@@ -183,6 +192,7 @@ impl CatalogService for CatalogApi {
         &self,
         request: Request<DeleteResourceRequest>,
     ) -> Result<Response<DeleteResourceResponse>, Status> {
+        auth::require(&request, Scope::Admin, "DeleteResource")?;
         let request = request.into_inner();
         let kind =
             kind_of(request.kind()).ok_or_else(|| Status::invalid_argument("kind: must be set"))?;

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod catalog;
 pub mod convert;
 mod mapping;
@@ -14,7 +15,9 @@ use switchyard_core::{
     catalog::CatalogStore, config::Settings, nats, shutdown::Shutdown, topology,
 };
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
+
+use crate::auth::Authenticate;
 
 pub use crate::{catalog::CatalogApi, mapping::MappingApi, replay::ReplayApi};
 
@@ -43,6 +46,9 @@ pub enum Error {
     /// Reflection could not be built from the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The settings cannot be served: no API keys, or unreadable TLS files.
+    #[error("{0}")]
+    Settings(String),
 }
 
 /// Serves the control API on `listener` until `shutdown` starts draining.
@@ -51,6 +57,8 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
+    let authenticate = Authenticate::new(&settings.control).map_err(Error::Settings)?;
+    let tls = settings.control.tls.as_ref().map(tls_config).transpose()?;
     let nats = nats::connect(&settings.nats, "control").await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
@@ -73,23 +81,60 @@ pub async fn run(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    tracing::info!(address = %listener.local_addr()?, "control listening");
-    tonic::transport::Server::builder()
+    tracing::info!(
+        address = %listener.local_addr()?,
+        tls = tls.is_some(),
+        mutual_tls = settings.control.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        api_keys = settings.control.api_keys.len(),
+        "control listening"
+    );
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        server = server.tls_config(tls)?;
+    }
+    // Health checks and reflection are open, so probes and grpcurl can find the
+    // services; everything else passes the API-key check.
+    server
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(proto::catalog_service_server::CatalogServiceServer::new(
-            CatalogApi::new(store.clone()),
-        ))
-        .add_service(proto::mapping_service_server::MappingServiceServer::new(
-            MappingApi::new(store),
-        ))
-        .add_service(proto::replay_service_server::ReplayServiceServer::new(
-            ReplayApi::new(nats.jetstream.clone()),
-        ))
+        .add_service(
+            proto::catalog_service_server::CatalogServiceServer::with_interceptor(
+                CatalogApi::new(store.clone()),
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::mapping_service_server::MappingServiceServer::with_interceptor(
+                MappingApi::new(store),
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::replay_service_server::ReplayServiceServer::with_interceptor(
+                ReplayApi::new(nats.jetstream.clone()),
+                authenticate,
+            ),
+        )
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
             shutdown.cancelled().await;
         })
         .await?;
     Ok(())
+}
+
+/// Reads the server's certificate and key, and the client CA for mutual TLS.
+fn tls_config(tls: &switchyard_core::config::TlsSettings) -> Result<ServerTlsConfig, Error> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|err| Error::Settings(format!("control.tls.{key}: {}: {err}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("cert", &tls.cert)?,
+        read("key", &tls.key)?,
+    ));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("client_ca", ca)?));
+    }
+    Ok(config)
 }

@@ -2,12 +2,14 @@
 
 use switchyard_core::{
     catalog::{Catalog, CatalogStore, Mapping, MappingRef},
+    config::Scope,
     contract::Violation,
     mapping::CompiledMapping,
 };
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth,
     catalog::status,
     proto::{
         self, TestMappingRequest, TestMappingResponse, mapping_service_server::MappingService,
@@ -89,6 +91,7 @@ impl MappingService for MappingApi {
         &self,
         request: Request<TestMappingRequest>,
     ) -> Result<Response<TestMappingResponse>, Status> {
+        auth::require(&request, Scope::Read, "TestMapping")?;
         let request = request.into_inner();
         let sample: serde_json::Value = serde_json::from_str(&request.sample)
             .map_err(|err| Status::invalid_argument(format!("sample: not JSON: {err}")))?;

@@ -4,11 +4,15 @@ use std::pin::Pin;
 
 use async_nats::jetstream;
 use futures::Stream;
+use switchyard_core::config::Scope;
 use switchyard_transform::replay::{self, Progress, ReplayError};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
-use crate::proto::{ReplayProgress, ReplayRequest, replay_service_server::ReplayService};
+use crate::{
+    auth,
+    proto::{ReplayProgress, ReplayRequest, replay_service_server::ReplayService},
+};
 
 /// Replays over the INGEST stream.
 #[derive(Clone)]
@@ -70,6 +74,11 @@ impl ReplayService for ReplayApi {
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Response<Self::ReplayStream>, Status> {
+        if request.get_ref().dry_run {
+            auth::require(&request, Scope::Read, "a dry-run Replay")?;
+        } else {
+            auth::require(&request, Scope::Operate, "Replay")?;
+        }
         let request = request.into_inner();
         let request = replay::Request {
             source: request.source,

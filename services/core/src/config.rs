@@ -193,6 +193,60 @@ impl Default for DeliverySettings {
 pub struct ControlSettings {
     /// Address of the gRPC listener.
     pub listen: SocketAddr,
+    /// API keys accepted by the control API, stored as hashes.
+    pub api_keys: Vec<ApiKeySettings>,
+    /// Serve without API keys, every caller with the admin scope. Only for a laptop:
+    /// the control API refuses to start with no keys unless this is set.
+    pub allow_unauthenticated: bool,
+    /// TLS, and with `client_ca` mutual TLS; plain HTTP/2 when absent.
+    pub tls: Option<TlsSettings>,
+}
+
+/// One API key of the control API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySettings {
+    /// Who holds the key; named in logs and PERMISSION_DENIED messages.
+    pub name: String,
+    /// `sha256:<hex>` of the key (`syctl keys create` prints both).
+    pub hash: String,
+    /// What the key may do.
+    pub scope: Scope,
+}
+
+/// What a control API key may do. Each scope includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Read the catalog, dead letters, provider status, events and stats; dry runs.
+    Read,
+    /// Also replay, pause, resume, reset breakers, replay and purge dead letters.
+    Operate,
+    /// Also change the catalog.
+    Admin,
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Read => "read",
+            Self::Operate => "operate",
+            Self::Admin => "admin",
+        })
+    }
+}
+
+/// TLS for a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server.
+    pub cert: PathBuf,
+    /// PEM private key of the server.
+    pub key: PathBuf,
+    /// PEM CA certificates that sign client certificates; when set, every client must
+    /// present one (mutual TLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `switchyard dev`.
@@ -266,6 +320,9 @@ impl Default for ControlSettings {
     fn default() -> Self {
         Self {
             listen: ([0, 0, 0, 0], 50051).into(),
+            api_keys: Vec::new(),
+            allow_unauthenticated: false,
+            tls: None,
         }
     }
 }
@@ -364,6 +421,27 @@ impl Settings {
         }
         if self.transform.ack_wait < Duration::from_secs(1) {
             return fail("transform.ack_wait", "must be at least 1s");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (index, key) in self.control.api_keys.iter().enumerate() {
+            if key.name.trim().is_empty() {
+                return fail(
+                    &format!("control.api_keys[{index}].name"),
+                    "must not be empty",
+                );
+            }
+            if !names.insert(key.name.as_str()) {
+                return fail(
+                    &format!("control.api_keys[{index}].name"),
+                    &format!("{} is named twice", key.name),
+                );
+            }
+            if crate::apikey::parse_hash(&key.hash).is_none() {
+                return fail(
+                    &format!("control.api_keys[{index}].hash"),
+                    "must be sha256:<64 hex digits> (syctl keys create prints one)",
+                );
+            }
         }
         Ok(())
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod apikey;
 pub mod auth;
 pub mod catalog;
 pub mod config;

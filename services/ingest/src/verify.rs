@@ -8,9 +8,9 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256, Sha512};
-use subtle::ConstantTimeEq;
+use sha2::{Sha256, Sha512};
 use switchyard_core::{
+    apikey::{self, KeyHashes},
     auth,
     catalog::{GenericHmac, HmacAlgorithm, SignatureEncoding, Verify},
     secrets::SecretSource,
@@ -264,19 +264,12 @@ fn check_age(at: i64, now: i64, tolerance: u64) -> Result<(), Rejection> {
 }
 
 /// The SHA-256 hashes of a source's API keys.
-pub struct ApiKeys(Vec<[u8; 32]>);
+pub struct ApiKeys(KeyHashes<()>);
 
 impl ApiKeys {
     /// Reads `sha256:<hex>` entries (validated when the catalog was applied).
     pub fn new(entries: &[String]) -> Self {
-        Self(
-            entries
-                .iter()
-                .filter_map(|entry| entry.strip_prefix("sha256:"))
-                .filter_map(|hex| hex::decode(hex).ok())
-                .filter_map(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .collect(),
-        )
+        Self(KeyHashes::new(entries.iter().map(|entry| (entry, ()))))
     }
 
     /// Whether requests must present a key.
@@ -286,29 +279,10 @@ impl ApiKeys {
 
     /// Checks the key in `Authorization: Bearer <key>` or `X-Api-Key`.
     pub fn check(&self, headers: &HeaderMap) -> Result<(), Rejection> {
-        let presented = headers
-            .get("x-api-key")
-            .and_then(|value| value.to_str().ok())
-            .or_else(|| {
-                headers
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.strip_prefix("Bearer "))
-            })
+        let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+        let presented = apikey::presented(header("authorization"), header("x-api-key"))
             .ok_or(Rejection::ApiKey)?;
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        // Every stored hash is compared, in constant time, whatever matches.
-        let found = self
-            .0
-            .iter()
-            .fold(subtle::Choice::from(0), |found, stored| {
-                found | stored.ct_eq(&digest)
-            });
-        if bool::from(found) {
-            Ok(())
-        } else {
-            Err(Rejection::ApiKey)
-        }
+        self.0.find(presented).map(|_| ()).ok_or(Rejection::ApiKey)
     }
 }
 

@@ -373,10 +373,7 @@ pub struct Cursor {
 /// Checks a source and reports every problem with its path.
 pub(super) fn validate(source: &Source, at: &str, fail: &mut impl FnMut(String, String)) {
     for (i, key) in source.api_keys.iter().enumerate() {
-        let valid = key
-            .strip_prefix("sha256:")
-            .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-        if !valid {
+        if crate::apikey::parse_hash(key).is_none() {
             fail(
                 format!("{at}.api_keys[{i}]"),
                 "must be sha256:<64 hex digits> of the key (e.g. printf %s KEY | sha256sum); keys are never stored in clear".into(),
