@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/v1/catalog.proto",
         "switchyard/v1/mapping.proto",
         "switchyard/v1/replay.proto",
+        "switchyard/v1/provider.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

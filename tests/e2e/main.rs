@@ -12,6 +12,7 @@ mod lease;
 mod ordering;
 mod pacing;
 mod polling;
+mod providers;
 mod replay;
 mod topology;
 mod transform;

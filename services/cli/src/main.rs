@@ -4,6 +4,8 @@
 //! not found), 2 bad usage, 3 the server could not be reached, 4 `mapping test` ran
 //! and the mapping did not pass.
 
+mod providers;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -111,6 +113,9 @@ enum Command {
     /// Try mappings out and draft new ones.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Provider status, pause, resume and breaker reset.
+    #[command(subcommand)]
+    Providers(providers::ProvidersCommand),
     /// API keys of the control API (offline).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -321,6 +326,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let remote = &cli.remote;
     let connect = || connect(remote);
     match cli.command {
+        Command::Providers(command) => {
+            providers::run(command, connect().await?, cli.output).await?
+        }
         Command::Keys(KeysCommand::Create { name, scope }) => {
             let key = new_key()?;
             let hash = switchyard_core::apikey::hash(&key);
@@ -734,6 +742,12 @@ fn print_resources(format: Format, resources: &[Resource]) {
         })
         .collect();
     print_value(format, &serde_json::Value::Array(items));
+}
+
+/// A protobuf timestamp as RFC 3339, to the second.
+fn rfc3339(timestamp: Option<&prost_types::Timestamp>) -> Option<String> {
+    let at = time::OffsetDateTime::from_unix_timestamp(timestamp?.seconds).ok()?;
+    Some(switchyard_core::event::rfc3339(at))
 }
 
 fn print_value(format: Format, value: &serde_json::Value) {

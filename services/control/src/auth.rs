@@ -96,3 +96,11 @@ pub fn require<T>(request: &Request<T>, scope: Scope, what: &str) -> Result<(), 
         caller.name, caller.scope
     )))
 }
+
+/// The name of the key that made `request`, for logs and records.
+pub fn caller<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "unknown".to_owned(), |caller| caller.name.to_string())
+}

@@ -32,6 +32,28 @@ fn json_to_value(value: Json) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// A protobuf `Timestamp` from an RFC 3339 time; `None` when it does not parse.
+pub fn timestamp(rfc3339: &str) -> Option<prost_types::Timestamp> {
+    let at = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(timestamp_of(at))
+}
+
+/// A protobuf `Timestamp` of a time.
+pub fn timestamp_of(at: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.unix_timestamp(),
+        nanos: at.nanosecond() as i32,
+    }
+}
+
+/// The protobuf `Timestamp` `millis` milliseconds from now; `None` for zero.
+pub fn timestamp_in(millis: u64) -> Option<prost_types::Timestamp> {
+    (millis > 0).then(|| {
+        timestamp_of(time::OffsetDateTime::now_utc() + std::time::Duration::from_millis(millis))
+    })
+}
+
 /// Converts a protobuf `Struct` back to a JSON object.
 pub fn struct_to_json(object: &prost_types::Struct) -> Json {
     Json::Object(

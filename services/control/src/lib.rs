@@ -9,6 +9,7 @@ mod auth;
 mod catalog;
 pub mod convert;
 mod mapping;
+mod provider;
 mod replay;
 
 use switchyard_core::{
@@ -19,7 +20,9 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 
 use crate::auth::Authenticate;
 
-pub use crate::{catalog::CatalogApi, mapping::MappingApi, replay::ReplayApi};
+pub use crate::{
+    catalog::CatalogApi, mapping::MappingApi, provider::ProviderApi, replay::ReplayApi,
+};
 
 /// Generated protobuf and gRPC code of `switchyard.v1`.
 pub mod proto {
@@ -62,6 +65,7 @@ pub async fn run(
     let nats = nats::connect(&settings.nats, "control").await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
+    let providers = ProviderApi::new(store.clone(), nats.clone()).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -72,6 +76,9 @@ pub async fn run(
         .await;
     health
         .set_serving::<proto::replay_service_server::ReplayServiceServer<ReplayApi>>()
+        .await;
+    health
+        .set_serving::<proto::provider_service_server::ProviderServiceServer<ProviderApi>>()
         .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -113,6 +120,12 @@ pub async fn run(
         .add_service(
             proto::replay_service_server::ReplayServiceServer::with_interceptor(
                 ReplayApi::new(nats.jetstream.clone()),
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::provider_service_server::ProviderServiceServer::with_interceptor(
+                providers,
                 authenticate,
             ),
         )

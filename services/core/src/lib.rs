@@ -23,6 +23,7 @@ pub mod local_server;
 pub mod mapping;
 pub mod metrics;
 pub mod nats;
+pub mod operator;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;

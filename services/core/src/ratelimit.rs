@@ -26,6 +26,17 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     )
 }
 
+/// A limiter's settings and bucket at one moment; all `None` when unlimited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimiterSnapshot {
+    /// Requests per second.
+    pub rate_per_second: Option<f64>,
+    /// Bucket size.
+    pub burst: Option<f64>,
+    /// Tokens available.
+    pub tokens: Option<f64>,
+}
+
 /// Shared pacing state of one provider.
 #[derive(Debug)]
 pub struct Limiter {
@@ -126,6 +137,23 @@ impl Limiter {
             .paused_until
             .filter(|until| *until > now)
             .map(|until| until - now)
+    }
+
+    /// The configured rate and the tokens in the bucket now.
+    pub fn snapshot(&self) -> LimiterSnapshot {
+        let now = Instant::now();
+        let state = self.state.lock().expect("limiter lock");
+        match state.rate {
+            Some((rate, burst)) => {
+                let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
+                LimiterSnapshot {
+                    rate_per_second: Some(rate),
+                    burst: Some(burst),
+                    tokens: Some((state.tokens + elapsed * rate).min(burst)),
+                }
+            }
+            None => LimiterSnapshot::default(),
+        }
     }
 
     /// The provider will take only `remaining` more requests in the next `reset`.

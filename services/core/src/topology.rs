@@ -31,6 +31,8 @@ pub const BREAKERS_BUCKET: &str = "switchyard-breakers";
 pub const CURSORS_BUCKET: &str = "switchyard-cursors";
 /// Leases: which replica is active for a provider or poller.
 pub const LEASES_BUCKET: &str = "switchyard-leases";
+/// Operator pauses of providers.
+pub const PAUSES_BUCKET: &str = "switchyard-pauses";
 
 /// Subject an event of `source` with `event_type` is published to.
 pub fn ingest_subject(source: &str, event_type: &str) -> String {
@@ -223,6 +225,12 @@ pub fn bucket_configs(settings: &TopologySettings) -> Vec<stream::Config> {
         bucket(
             LEASES_BUCKET,
             "Switchyard: leases of active replicas",
+            1,
+            Duration::ZERO,
+        ),
+        bucket(
+            PAUSES_BUCKET,
+            "Switchyard: operator pauses of providers",
             1,
             Duration::ZERO,
         ),

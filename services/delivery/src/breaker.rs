@@ -8,33 +8,12 @@
 //! provider is up. The state machine is pure (time is passed in); the delivery
 //! service persists it in KV and publishes each transition.
 
-use std::{collections::VecDeque, fmt, time::Duration};
+use std::{collections::VecDeque, time::Duration};
 
-use serde::{Deserialize, Serialize};
 use switchyard_core::catalog::BreakerPolicy;
 use tokio::time::Instant;
 
-/// The breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Requests flow.
-    Closed,
-    /// No requests until the cool-down ends.
-    Open,
-    /// One probe decides.
-    HalfOpen,
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        })
-    }
-}
+pub use switchyard_core::operator::BreakerState as State;
 
 /// What a request may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

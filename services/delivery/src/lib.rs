@@ -25,7 +25,10 @@ mod outcome;
 pub mod sender;
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -38,17 +41,18 @@ use async_nats::{
         stream::Stream,
     },
 };
+use futures::StreamExt;
 use reqwest::header::{HeaderName, HeaderValue};
-use serde::{Deserialize, Serialize};
 use switchyard_core::{
     auth::Authenticator,
     catalog::{CatalogStore, Provider, Snapshot},
     config::Settings,
     consumer::Subscription,
-    headers, lease,
+    event, headers, lease,
     ledger::{self, Ledger, Record},
     metrics::{self, DeliveryLabels, ProviderLabels, TransitionLabels},
     nats::{self, Nats},
+    operator::{self, BreakerRecord, Command, LiveStatus, Pause},
     ratelimit::Limiter,
     secrets::SecretSource,
     shutdown::Shutdown,
@@ -91,6 +95,10 @@ const ACK_WAIT: Duration = Duration::from_secs(10);
 const SETTLE_RETRY: Duration = Duration::from_secs(5);
 /// Delay before a message handed back at shutdown or lease loss is delivered again.
 const HAND_BACK: Duration = Duration::from_secs(1);
+/// Longest delay before a message held back by an operator pause or an open breaker
+/// is offered again. Nothing is pulled while either lasts, so a short delay costs
+/// nothing, and a resume or a breaker reset takes effect at once.
+const HELD_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait in one step while pacing, so cancellation is noticed.
 const PACING_STEP: Duration = Duration::from_millis(500);
 
@@ -128,6 +136,19 @@ struct Shared {
     breaker: Mutex<Breaker>,
     breakers: kv::Store,
     gate: Arc<Gate>,
+    /// The operator's pause, as last read from `switchyard-pauses`.
+    paused: AtomicBool,
+    /// Deliveries being worked on.
+    in_flight: AtomicU64,
+    /// When the last delivery succeeded and the last attempt failed.
+    last: Mutex<LastOutcomes>,
+    instance: String,
+}
+
+#[derive(Default)]
+struct LastOutcomes {
+    success: Option<String>,
+    failure: Option<(String, String)>,
 }
 
 /// Delivers to `provider` until `shutdown` starts draining, then finishes what is in
@@ -166,9 +187,14 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
             .await
             .map_err(switchyard_core::Error::nats)?,
         gate: Arc::default(),
+        paused: AtomicBool::new(false),
+        in_flight: AtomicU64::new(0),
+        last: Mutex::default(),
+        instance: instance.clone(),
         provider: provider.clone(),
         nats,
     });
+    shutdown.spawn("pause watch", watch_pause(shared.clone(), shutdown.clone()));
 
     loop {
         let Some(mut lease) = lease::acquire(
@@ -188,9 +214,10 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
             lease.keep(&active).await;
             active.trigger();
         };
-        let (_, delivered) = tokio::join!(
+        let (_, delivered, ()) = tokio::join!(
             keep,
-            deliver(&shared, &mut target, &mut catalog, &secrets, &active)
+            deliver(&shared, &mut target, &mut catalog, &secrets, &active),
+            answer_operators(&shared, &active),
         );
         delivered?;
         if shutdown.is_shutting_down() {
@@ -260,6 +287,7 @@ async fn deliver(
             .expect("breaker lock")
             .pull_allowance(Instant::now());
         let hold = match allowance {
+            _ if shared.paused.load(Ordering::Relaxed) => Some(PACING_STEP),
             Err(wait) => Some(wait),
             Ok(_) => shared.limiter.paused_for(),
         };
@@ -354,16 +382,118 @@ fn refresh(
     }
 }
 
-/// The breaker state kept in KV, so a restarted or new active replica honours it.
-#[derive(Debug, Serialize, Deserialize)]
-struct BreakerRecord {
-    state: State,
-    /// When it opened, in Unix milliseconds.
-    opened_at_ms: Option<i64>,
-    cool_down_ms: u64,
+/// Follows the operator's pause of the provider for the life of the process.
+async fn watch_pause(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), Error> {
+    let pauses = shared
+        .nats
+        .jetstream
+        .get_key_value(topology::PAUSES_BUCKET)
+        .await
+        .map_err(switchyard_core::Error::nats)?;
+    loop {
+        let mut watch = match pauses.watch_with_history(&shared.provider).await {
+            Ok(watch) => watch,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot watch the pause; trying again");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(SETTLE_RETRY) => continue,
+                }
+            }
+        };
+        loop {
+            let entry = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                entry = watch.next() => entry,
+            };
+            let Some(Ok(entry)) = entry else { break };
+            let pause = (entry.operation == kv::Operation::Put)
+                .then(|| serde_json::from_slice::<Pause>(&entry.value).ok())
+                .flatten();
+            let was = shared.paused.swap(pause.is_some(), Ordering::Relaxed);
+            match pause {
+                Some(pause) if !was => {
+                    tracing::warn!(
+                        provider = shared.provider,
+                        reason = pause.reason,
+                        by = pause.by,
+                        "paused by an operator; not sending"
+                    );
+                }
+                None if was => tracing::info!(provider = shared.provider, "resumed by an operator"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Answers the control API's requests while this replica is active.
+async fn answer_operators(shared: &Arc<Shared>, active: &Shutdown) {
+    let mut requests = match shared
+        .nats
+        .client
+        .subscribe(operator::control_subject(&shared.provider))
+        .await
+    {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot answer operator requests");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            () = active.cancelled() => break,
+            request = requests.next() => request,
+        };
+        let Some(request) = request else { break };
+        let Some(reply) = request.reply else { continue };
+        if let Ok(Command::ResetBreaker) = serde_json::from_slice(&request.payload) {
+            let reset = {
+                let mut breaker = shared.breaker.lock().expect("breaker lock");
+                breaker
+                    .reset()
+                    .map(|transition| (transition, breaker.cool_down()))
+            };
+            if let Some((transition, cool_down)) = reset {
+                shared.breaker_changed(transition, cool_down).await;
+            }
+        }
+        let status = serde_json::to_vec(&shared.live_status()).expect("status serializes");
+        if let Err(err) = shared.nats.client.publish(reply, status.into()).await {
+            tracing::warn!(error = %err, "operator answer not sent");
+        }
+    }
+    let _ = requests.unsubscribe().await;
 }
 
 impl Shared {
+    /// What the control API shows of this process.
+    fn live_status(&self) -> LiveStatus {
+        let now = Instant::now();
+        let (breaker, retry_in) = {
+            let breaker = self.breaker.lock().expect("breaker lock");
+            let retry_in = breaker.pull_allowance(now).err().unwrap_or_default();
+            (breaker.state(), retry_in)
+        };
+        let limiter = self.limiter.snapshot();
+        let last = self.last.lock().expect("last outcomes lock");
+        LiveStatus {
+            instance: self.instance.clone(),
+            breaker: Some(breaker),
+            breaker_retry_in_ms: retry_in.as_millis() as u64,
+            paused: self.paused.load(Ordering::Relaxed),
+            rate_per_second: limiter.rate_per_second,
+            burst: limiter.burst,
+            tokens: limiter.tokens,
+            provider_pause_ms: self.limiter.paused_for().unwrap_or_default().as_millis() as u64,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            last_success: last.success.clone(),
+            last_failure: last.failure.as_ref().map(|(at, _)| at.clone()),
+            last_failure_reason: last.failure.as_ref().map(|(_, why)| why.clone()),
+        }
+    }
+
     /// Loads the breaker state of the provider from KV.
     async fn restore_breaker(&self) {
         let record = match self.breakers.get(&self.provider).await {
@@ -448,6 +578,13 @@ enum Deferral {
 
 impl Delivery {
     async fn handle(self, message: jetstream::Message, turn: Option<Turn>) {
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        self.work(message, turn).await;
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn work(self, message: jetstream::Message, turn: Option<Turn>) {
         let Ok(info) = message.info() else {
             tracing::error!(subject = %message.subject, "message without JetStream metadata");
             return;
@@ -617,6 +754,15 @@ impl Delivery {
                 .get_or_create(&provider)
                 .observe(answer.latency.as_secs_f64());
         }
+        {
+            let mut last = self.shared.last.lock().expect("last outcomes lock");
+            if verdict == Verdict::Delivered {
+                last.success = Some(event::now_rfc3339());
+            } else if category != "deferred" {
+                let why = reason.clone().unwrap_or_else(|| category.to_owned());
+                last.failure = Some((event::now_rfc3339(), why));
+            }
+        }
         self.shared.outcomes.attempt(&outcome::Attempt {
             event_id,
             route,
@@ -676,6 +822,10 @@ impl Delivery {
             if self.active.is_shutting_down() {
                 return Err(Deferral::HandBack);
             }
+            // An operator pause also holds back what was pulled before it.
+            if self.shared.paused.load(Ordering::Relaxed) {
+                return Err(Deferral::After(HELD_RETRY));
+            }
             if let Err(wait) = self.shared.limiter.try_acquire() {
                 tokio::select! {
                     () = self.active.cancelled() => return Err(Deferral::HandBack),
@@ -693,7 +843,9 @@ impl Delivery {
             match permit {
                 Permit::Allow => return Ok(false),
                 Permit::Probe => return Ok(true),
-                Permit::Wait(wait) if wait > PACING_STEP => return Err(Deferral::After(wait)),
+                Permit::Wait(wait) if wait > PACING_STEP => {
+                    return Err(Deferral::After(wait.min(HELD_RETRY)));
+                }
                 Permit::Wait(wait) => tokio::time::sleep(wait).await,
             }
         }

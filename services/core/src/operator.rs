@@ -1,0 +1,99 @@
+//! What operators change and read on a running provider's delivery, shared by the
+//! delivery service and the control API.
+//!
+//! - A pause is a key `<provider>` in `switchyard-pauses`; the delivery process watches
+//!   it, so a pause outlives restarts and reaches whichever replica is active.
+//! - The breaker state is a key `<provider>` in `switchyard-breakers`, written by the
+//!   active process on every transition and read by the next one.
+//! - The active process answers requests on [`control_subject`]: its live status, and
+//!   a breaker reset (which it applies, records and persists).
+
+use serde::{Deserialize, Serialize};
+
+/// The circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// No requests until the cool-down ends.
+    Open,
+    /// One probe decides.
+    HalfOpen,
+}
+
+impl std::fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        })
+    }
+}
+
+/// The breaker state kept in KV, so a restarted or new active replica honours it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerRecord {
+    /// The state.
+    pub state: BreakerState,
+    /// When it opened, in Unix milliseconds.
+    pub opened_at_ms: Option<i64>,
+    /// How long it stays open.
+    pub cool_down_ms: u64,
+}
+
+/// An operator's pause of a provider: nothing is sent until it is removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pause {
+    /// Why, as the operator said.
+    pub reason: String,
+    /// The API key that paused it.
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// A request to the active delivery process of a provider.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Answer with [`LiveStatus`].
+    Status,
+    /// Close the breaker, then answer with [`LiveStatus`].
+    ResetBreaker,
+}
+
+/// What only the active delivery process knows.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LiveStatus {
+    /// The replica's instance name.
+    pub instance: String,
+    /// The breaker's state in memory.
+    pub breaker: Option<BreakerState>,
+    /// Time until an open breaker lets a probe through.
+    pub breaker_retry_in_ms: u64,
+    /// Whether the process honours an operator pause.
+    pub paused: bool,
+    /// Requests per second allowed; `None` is unlimited.
+    pub rate_per_second: Option<f64>,
+    /// Bucket size of the rate limit.
+    pub burst: Option<f64>,
+    /// Tokens in the bucket now.
+    pub tokens: Option<f64>,
+    /// Time left of a pause the provider asked for (429/503 with `Retry-After`).
+    pub provider_pause_ms: u64,
+    /// Deliveries being worked on in this process.
+    pub in_flight: u64,
+    /// When the last delivery succeeded (RFC 3339).
+    pub last_success: Option<String>,
+    /// When the last attempt failed (RFC 3339).
+    pub last_failure: Option<String>,
+    /// Why it failed.
+    pub last_failure_reason: Option<String>,
+}
+
+/// The subject the active delivery process of `provider` answers [`Command`]s on.
+pub fn control_subject(provider: &str) -> String {
+    format!("switchyard.control.delivery.{provider}")
+}
