@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/v1/mapping.proto",
         "switchyard/v1/replay.proto",
         "switchyard/v1/provider.proto",
+        "switchyard/v1/dead_letters.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

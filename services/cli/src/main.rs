@@ -2,8 +2,9 @@
 //!
 //! Exit codes: 0 success, 1 the server refused the request (invalid input, conflict,
 //! not found), 2 bad usage, 3 the server could not be reached, 4 `mapping test` ran
-//! and the mapping did not pass.
+//! and the mapping did not pass, or `dlq replay` kept dead letters that still fail.
 
+mod dlq;
 mod providers;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -113,6 +114,9 @@ enum Command {
     /// Try mappings out and draft new ones.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
     /// Provider status, pause, resume and breaker reset.
     #[command(subcommand)]
     Providers(providers::ProvidersCommand),
@@ -326,6 +330,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let remote = &cli.remote;
     let connect = || connect(remote);
     match cli.command {
+        Command::Dlq(command) => dlq::run(command, connect().await?, cli.output).await?,
         Command::Providers(command) => {
             providers::run(command, connect().await?, cli.output).await?
         }
@@ -581,17 +586,33 @@ fn bound(flag: &str, text: &str) -> Result<Bound, Failure> {
 }
 
 fn progress_bar(progress: &ReplayProgress) -> String {
-    const WIDTH: u64 = 30;
-    let total = progress.total.max(progress.scanned).max(1);
-    let filled = (progress.scanned * WIDTH / total).min(WIDTH) as usize;
     format!(
-        "[{}{}] {}/{} events, {} published",
-        "#".repeat(filled),
-        "-".repeat(WIDTH as usize - filled),
-        progress.scanned,
-        total,
+        "{} events, {} published",
+        bar(progress.scanned, progress.total),
         progress.published
     )
+}
+
+/// `[####------] done/total`, for progress on a terminal.
+fn bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let total = total.max(done).max(1);
+    let filled = (done * WIDTH / total).min(WIDTH) as usize;
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+    )
+}
+
+/// A time given as RFC 3339 or as a duration ago (`2h`).
+fn time_flag(flag: &str, text: &str) -> Result<prost_types::Timestamp, Failure> {
+    match bound(flag, text)? {
+        Bound::Time(at) if text.parse::<u64>().is_err() => Ok(at),
+        _ => Err(usage(format!(
+            "{flag} {text:?}: give an RFC 3339 time or a duration ago such as 2h"
+        ))),
+    }
 }
 
 fn print_replay(format: Format, progress: &ReplayProgress) {

@@ -8,6 +8,7 @@
 mod auth;
 mod catalog;
 pub mod convert;
+mod dead_letters;
 mod mapping;
 mod provider;
 mod replay;
@@ -21,7 +22,8 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 use crate::auth::Authenticate;
 
 pub use crate::{
-    catalog::CatalogApi, mapping::MappingApi, provider::ProviderApi, replay::ReplayApi,
+    catalog::CatalogApi, dead_letters::DeadLetterApi, mapping::MappingApi, provider::ProviderApi,
+    replay::ReplayApi,
 };
 
 /// Generated protobuf and gRPC code of `switchyard.v1`.
@@ -80,6 +82,9 @@ pub async fn run(
     health
         .set_serving::<proto::provider_service_server::ProviderServiceServer<ProviderApi>>()
         .await;
+    health
+        .set_serving::<proto::dead_letter_service_server::DeadLetterServiceServer<DeadLetterApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -126,6 +131,12 @@ pub async fn run(
         .add_service(
             proto::provider_service_server::ProviderServiceServer::with_interceptor(
                 providers,
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::dead_letter_service_server::DeadLetterServiceServer::with_interceptor(
+                DeadLetterApi::new(nats.jetstream.clone()),
                 authenticate,
             ),
         )

@@ -42,7 +42,7 @@ fn to_proto(progress: Progress) -> ReplayProgress {
     }
 }
 
-fn time(
+pub(crate) fn time(
     field: &str,
     timestamp: Option<prost_types::Timestamp>,
 ) -> Result<Option<time::OffsetDateTime>, Status> {
@@ -55,7 +55,7 @@ fn time(
         .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
 }
 
-fn status(err: ReplayError) -> Status {
+pub(crate) fn status(err: ReplayError) -> Status {
     match err {
         ReplayError::Invalid(message) => Status::invalid_argument(message),
         ReplayError::NotFound(message) => Status::not_found(message),
@@ -64,11 +64,12 @@ fn status(err: ReplayError) -> Status {
     }
 }
 
-type ProgressStream = Pin<Box<dyn Stream<Item = Result<ReplayProgress, Status>> + Send>>;
+/// A server stream of progress reports.
+pub(crate) type ProgressStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ReplayService for ReplayApi {
-    type ReplayStream = ProgressStream;
+    type ReplayStream = ProgressStream<ReplayProgress>;
 
     async fn replay(
         &self,
@@ -90,33 +91,49 @@ impl ReplayService for ReplayApi {
             redeliver: request.redeliver,
             dry_run: request.dry_run,
         };
-        let (progress_tx, mut progress_rx) = mpsc::channel(16);
-        let (out_tx, out_rx) = mpsc::channel(16);
         let jetstream = self.jetstream.clone();
-        tokio::spawn(async move {
-            let run = replay::replay(&jetstream, request, progress_tx);
-            tokio::pin!(run);
-            let result = loop {
-                tokio::select! {
-                    Some(progress) = progress_rx.recv() => {
-                        if out_tx.send(Ok(to_proto(progress))).await.is_err() {
-                            // The caller left; dropping `run` stops the replay.
-                            return;
-                        }
-                    }
-                    result = &mut run => break result,
-                }
-            };
-            while let Ok(progress) = progress_rx.try_recv() {
-                let _ = out_tx.send(Ok(to_proto(progress))).await;
-            }
-            if let Err(err) = result {
-                let _ = out_tx.send(Err(status(err))).await;
-            }
-        });
-        let stream = futures::stream::unfold(out_rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(progress_stream(
+            move |progress| async move { replay::replay(&jetstream, request, progress).await },
+            to_proto,
+        )))
     }
+}
+
+/// Runs `run` in its own task and streams the progress it reports, converted by
+/// `convert`, ending with its error if it fails. When the caller goes away, the run
+/// is dropped and stops.
+pub(crate) fn progress_stream<P, T, F, Fut>(run: F, convert: fn(P) -> T) -> ProgressStream<T>
+where
+    P: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce(mpsc::Sender<P>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<P, ReplayError>> + Send,
+{
+    let (progress_tx, mut progress_rx) = mpsc::channel(16);
+    let (out_tx, out_rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let run = run(progress_tx);
+        tokio::pin!(run);
+        let result = loop {
+            tokio::select! {
+                Some(progress) = progress_rx.recv() => {
+                    if out_tx.send(Ok(convert(progress))).await.is_err() {
+                        // The caller left; dropping `run` stops it.
+                        return;
+                    }
+                }
+                result = &mut run => break result,
+            }
+        };
+        while let Ok(progress) = progress_rx.try_recv() {
+            let _ = out_tx.send(Ok(convert(progress))).await;
+        }
+        if let Err(err) = result {
+            let _ = out_tx.send(Err(status(err))).await;
+        }
+    });
+    let stream = futures::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Box::pin(stream)
 }

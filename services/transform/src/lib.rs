@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dead_letters;
 pub mod replay;
 mod routing;
 

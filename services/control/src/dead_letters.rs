@@ -1,0 +1,212 @@
+//! `switchyard.v1.DeadLetterService`: list, show, replay and purge dead letters.
+
+use async_nats::jetstream;
+use switchyard_core::config::Scope;
+use switchyard_transform::dead_letters::{
+    self, DeadLetters, Filter, MAX_PAGE, Progress, Selection,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth,
+    convert::timestamp_of,
+    proto::{
+        self, DeadLetterProgress, GetDeadLetterRequest, ListDeadLettersRequest,
+        ListDeadLettersResponse, PurgeDeadLettersRequest, PurgeDeadLettersResponse,
+        ReplayDeadLettersRequest, dead_letter_service_server::DeadLetterService,
+    },
+    replay::{ProgressStream, progress_stream, status, time},
+};
+
+/// Page size when the request gives none.
+const DEFAULT_PAGE: usize = 50;
+
+/// The dead-letter queue in stream DLQ.
+#[derive(Clone)]
+pub struct DeadLetterApi {
+    queue: DeadLetters,
+}
+
+impl DeadLetterApi {
+    /// Serves the queue stored in `jetstream`.
+    pub fn new(jetstream: jetstream::Context) -> Self {
+        Self {
+            queue: DeadLetters::new(jetstream),
+        }
+    }
+}
+
+fn filter(filter: Option<proto::DeadLetterFilter>) -> Result<Filter, Status> {
+    let filter = filter.unwrap_or_default();
+    let category = filter.category.trim().to_owned();
+    const CATEGORIES: [&str; 6] = [
+        "rejected",
+        "exhausted",
+        "mapping",
+        "contract",
+        "filter",
+        "schema",
+    ];
+    if !category.is_empty() && !CATEGORIES.contains(&category.as_str()) {
+        return Err(Status::invalid_argument(format!(
+            "filter.category: {category:?} is not one of {}",
+            CATEGORIES.join(", ")
+        )));
+    }
+    let since = time("filter.since", filter.since)?;
+    let until = time("filter.until", filter.until)?;
+    if let (Some(since), Some(until)) = (since, until)
+        && until < since
+    {
+        return Err(Status::invalid_argument(
+            "filter.until is before filter.since",
+        ));
+    }
+    Ok(Filter {
+        provider: filter.provider.trim().to_owned(),
+        source: filter.source.trim().to_owned(),
+        category,
+        route: filter.route.trim().to_owned(),
+        since,
+        until,
+    })
+}
+
+fn selection(selection: Option<proto::DeadLetterSelection>) -> Result<Selection, Status> {
+    let selection = selection.unwrap_or_default();
+    Ok(Selection {
+        sequences: selection.sequences,
+        filter: filter(selection.filter)?,
+        all: selection.all,
+    })
+}
+
+fn to_proto(letter: dead_letters::DeadLetter, full: bool) -> proto::DeadLetter {
+    let received_at = crate::convert::timestamp(&letter.received_at);
+    proto::DeadLetter {
+        sequence: letter.sequence,
+        subject: letter.subject,
+        provider: letter.provider,
+        source: letter.source,
+        event_type: letter.event_type,
+        event_id: letter.event_id,
+        route: letter.route,
+        mapping: letter.mapping,
+        category: letter.category,
+        reason: letter.reason,
+        attempts: letter.attempts,
+        last_status: u32::from(letter.last_status),
+        response_excerpt: letter.response_excerpt,
+        failing_paths: letter.failing_paths,
+        dead_lettered_at: Some(timestamp_of(letter.dead_lettered_at)),
+        received_at,
+        size: letter.body.len() as u64,
+        body: if full {
+            letter.body.to_vec()
+        } else {
+            Vec::new()
+        },
+        headers: if full {
+            letter.headers.into_iter().collect()
+        } else {
+            Default::default()
+        },
+    }
+}
+
+fn progress_to_proto(progress: Progress) -> DeadLetterProgress {
+    DeadLetterProgress {
+        replay_id: progress.replay_id,
+        total: progress.total,
+        scanned: progress.scanned,
+        replayed: progress.replayed,
+        already_delivered: progress.already_delivered,
+        failed: progress.failed,
+        failures: progress.failures,
+        done: progress.done,
+        dry_run: progress.dry_run,
+    }
+}
+
+#[tonic::async_trait]
+impl DeadLetterService for DeadLetterApi {
+    async fn list_dead_letters(
+        &self,
+        request: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        auth::require(&request, Scope::Read, "ListDeadLetters")?;
+        let request = request.into_inner();
+        let filter = filter(request.filter)?;
+        let page_size = match request.page_size as usize {
+            0 => DEFAULT_PAGE,
+            size => size.min(MAX_PAGE),
+        };
+        let from = match request.page_token.trim() {
+            "" => 0,
+            token => token.parse().map_err(|_| {
+                Status::invalid_argument("page_token: not a token this API returned")
+            })?,
+        };
+        let (page, next) = self
+            .queue
+            .list(&filter, from, page_size)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ListDeadLettersResponse {
+            dead_letters: page
+                .into_iter()
+                .map(|letter| to_proto(letter, false))
+                .collect(),
+            next_page_token: next
+                .map(|sequence| sequence.to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<GetDeadLetterRequest>,
+    ) -> Result<Response<proto::DeadLetter>, Status> {
+        auth::require(&request, Scope::Read, "GetDeadLetter")?;
+        let sequence = request.into_inner().sequence;
+        self.queue
+            .get(sequence)
+            .await
+            .map_err(status)?
+            .map(|letter| Response::new(to_proto(letter, true)))
+            .ok_or_else(|| Status::not_found(format!("no dead letter at sequence {sequence}")))
+    }
+
+    type ReplayDeadLettersStream = ProgressStream<DeadLetterProgress>;
+
+    async fn replay_dead_letters(
+        &self,
+        request: Request<ReplayDeadLettersRequest>,
+    ) -> Result<Response<Self::ReplayDeadLettersStream>, Status> {
+        if request.get_ref().dry_run {
+            auth::require(&request, Scope::Read, "a dry-run ReplayDeadLetters")?;
+        } else {
+            auth::require(&request, Scope::Operate, "ReplayDeadLetters")?;
+        }
+        let request = request.into_inner();
+        let selection = selection(request.selection)?;
+        let dry_run = request.dry_run;
+        let queue = self.queue.clone();
+        Ok(Response::new(progress_stream(
+            move |progress| async move { queue.replay(&selection, dry_run, progress).await },
+            progress_to_proto,
+        )))
+    }
+
+    async fn purge_dead_letters(
+        &self,
+        request: Request<PurgeDeadLettersRequest>,
+    ) -> Result<Response<PurgeDeadLettersResponse>, Status> {
+        auth::require(&request, Scope::Operate, "PurgeDeadLetters")?;
+        let by = auth::caller(&request);
+        let selection = selection(request.into_inner().selection)?;
+        let purged = self.queue.purge(&selection).await.map_err(status)?;
+        tracing::warn!(purged, by, "dead letters purged");
+        Ok(Response::new(PurgeDeadLettersResponse { purged }))
+    }
+}
