@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test bench build lint fmt nats-server python-deps
+.PHONY: run test bench build lint fmt nats-server python-deps buf
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -11,7 +11,7 @@ run: nats-server
 	./target/debug/switchyard dev --catalog $(CATALOG)
 
 ## test: the whole test suite against a real nats-server
-test: nats-server python-deps
+test: nats-server python-deps buf
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
@@ -54,3 +54,13 @@ nats-server:
 # grpcio-tools generates the third-party Python client of the control API.
 python-deps:
 	@python3 -c "import standardwebhooks, grpc_tools" 2>/dev/null || python3 -m pip install --quiet standardwebhooks grpcio-tools
+
+# `buf curl` (the Buf CLI, from npm) is the third-party client that calls the control
+# API through server reflection alone, as grpcurl does. Unpacked, not installed.
+BUF_VERSION ?= 1.75.0
+buf: target/tools/buf
+target/tools/buf:
+	@mkdir -p target/tools/buf-package
+	cd target/tools/buf-package && npm pack --silent @bufbuild/buf-linux-x64@$(BUF_VERSION) >/dev/null \
+		&& tar xzf bufbuild-buf-linux-x64-$(BUF_VERSION).tgz
+	cp target/tools/buf-package/package/bin/buf target/tools/buf

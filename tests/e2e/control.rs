@@ -420,3 +420,92 @@ async fn deletes_refuse_what_is_still_referred_to() {
     let names: Vec<_> = left.resources.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["shop", "crm"]);
 }
+
+/// `buf curl` from the Buf CLI (`make buf` unpacks it), a client that knows nothing
+/// of Switchyard but what server reflection tells it, as grpcurl.
+fn buf_curl() -> std::process::Command {
+    let path = std::env::var_os("BUF_BIN").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/buf"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `make buf`",
+        path.display()
+    );
+    let mut command = std::process::Command::new(path);
+    command.args(["curl", "--protocol", "grpc", "--http2-prior-knowledge"]);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reflection_only_client_lists_and_calls_the_api() {
+    use switchyard_core::{
+        apikey,
+        config::{ApiKeySettings, Scope},
+    };
+    let provider = FakeProvider::start().await;
+    let nats = switchyard_tests::TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.control.allow_unauthenticated = false;
+    settings.control.api_keys = vec![ApiKeySettings {
+        name: "buf".into(),
+        hash: apikey::hash("sy_buf-key"),
+        scope: Scope::Read,
+    }];
+    let pipeline = Pipeline::start_with(nats, settings, &catalog(provider.url()))
+        .await
+        .unwrap();
+    let _ = client(&pipeline).await;
+    let url = &pipeline.control_url;
+
+    let listed = buf_curl().args(["--list-methods", url]).output().unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let methods = String::from_utf8_lossy(&listed.stdout);
+    for method in [
+        "switchyard.v1.CatalogService/Apply",
+        "switchyard.v1.CatalogService/DeleteResource",
+        "switchyard.v1.DeadLetterService/ReplayDeadLetters",
+        "switchyard.v1.MappingService/TestMapping",
+        "switchyard.v1.ProviderService/PauseProvider",
+        "switchyard.v1.ReplayService/Replay",
+    ] {
+        assert!(methods.contains(method), "{method} in {methods}");
+    }
+
+    let call = |method: &str, data: &str, key: Option<&str>| {
+        let mut command = buf_curl();
+        if let Some(key) = key {
+            command.args(["-H", &format!("authorization: Bearer {key}")]);
+        }
+        command
+            .args(["-d", data, &format!("{url}/{method}")])
+            .output()
+            .unwrap()
+    };
+    let routes = call(
+        "switchyard.v1.CatalogService/ListResources",
+        r#"{"kind": "RESOURCE_KIND_ROUTE"}"#,
+        Some("sy_buf-key"),
+    );
+    assert!(routes.status.success(), "{routes:?}");
+    let routes: serde_json::Value = serde_json::from_slice(&routes.stdout).unwrap();
+    assert_eq!(routes["resources"][0]["name"], "orders", "{routes}");
+    assert_eq!(routes["resources"][0]["spec"]["provider"], "crm");
+
+    let status = call(
+        "switchyard.v1.ProviderService/GetProviderStatus",
+        r#"{"provider": "crm"}"#,
+        Some("sy_buf-key"),
+    );
+    assert!(status.status.success(), "{status:?}");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["provider"], "crm", "{status}");
+
+    let refused = call("switchyard.v1.CatalogService/ListResources", "{}", None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unauthenticated"),
+        "{refused:?}"
+    );
+}

@@ -105,10 +105,7 @@ async fn dead_letters_are_listed_shown_replayed_once_and_purged() {
         let body = serde_json::json!({"id": id, "email": "x@y.z", "total": "n/a"});
         pipeline
             .jetstream
-            .publish(
-                "ingest.shop.order.created",
-                body.to_string().into(),
-            )
+            .publish("ingest.shop.order.created", body.to_string().into())
             .await
             .unwrap()
             .await
