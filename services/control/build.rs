@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/v1/replay.proto",
         "switchyard/v1/provider.proto",
         "switchyard/v1/dead_letters.proto",
+        "switchyard/v1/events.proto",
+        "switchyard/v1/stats.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

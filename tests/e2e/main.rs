@@ -7,6 +7,7 @@ mod chaos;
 mod control;
 mod dead_letters;
 mod delivery;
+mod events;
 mod flow;
 mod ingest;
 mod lease;

@@ -5,6 +5,7 @@
 //! and the mapping did not pass, or `dlq replay` kept dead letters that still fail.
 
 mod dlq;
+mod inspect;
 mod providers;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -104,6 +105,18 @@ enum Command {
         /// The resource's name (`name@version` for a mapping).
         name: Option<String>,
     },
+    /// Show one resource, the routes that use it, and a provider's status.
+    Describe {
+        /// source, provider, mapping or route.
+        kind: Kind,
+        /// The resource's name (`name@version` for a mapping).
+        name: String,
+    },
+    /// Follow one event: the ingest record, each route's state and every attempt.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Streams, consumers and dead letters at a glance.
+    Stats,
     /// Delete one resource; refused while others still refer to it.
     Delete {
         /// source, provider, mapping or route.
@@ -143,6 +156,15 @@ enum Command {
         /// Count what would happen without publishing anything.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// One event by id.
+    Show {
+        /// The event id (`Switchyard-Event-Id`, or the id ingest answered with).
+        event_id: String,
     },
 }
 
@@ -330,6 +352,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let remote = &cli.remote;
     let connect = || connect(remote);
     match cli.command {
+        Command::Describe { kind, name } => {
+            inspect::describe(connect().await?, kind, name, cli.output).await?;
+        }
+        Command::Events(EventsCommand::Show { event_id }) => {
+            inspect::show_event(connect().await?, event_id, cli.output).await?;
+        }
+        Command::Stats => inspect::stats(connect().await?, cli.output).await?,
         Command::Dlq(command) => dlq::run(command, connect().await?, cli.output).await?,
         Command::Providers(command) => {
             providers::run(command, connect().await?, cli.output).await?

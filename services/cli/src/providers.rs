@@ -75,7 +75,7 @@ pub async fn run(
     Ok(())
 }
 
-fn to_json(status: &ProviderStatus) -> Value {
+pub(crate) fn to_json(status: &ProviderStatus) -> Value {
     let unlimited = status.rate_per_second == 0.0;
     json!({
         "provider": status.provider,

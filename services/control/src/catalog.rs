@@ -10,11 +10,12 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    convert::json_to_struct,
+    convert::{json_to_struct, struct_to_json},
     proto::{
         self, ApplyRequest, ApplyResponse, ChangeAction, DeleteResourceRequest,
         DeleteResourceResponse, GetResourceRequest, ListResourcesRequest, ListResourcesResponse,
-        Resource, ResourceKind, catalog_service_server::CatalogService,
+        PutResourceRequest, PutResourceResponse, Resource, ResourceKind,
+        catalog_service_server::CatalogService,
     },
 };
 
@@ -91,6 +92,58 @@ fn resources(catalog: &Catalog, only: Option<Kind>) -> Vec<Resource> {
     out
 }
 
+impl CatalogApi {
+    /// Applies `bundle` to the current catalog as one compare-and-set: the plan, and
+    /// the revision after it.
+    async fn apply_bundle(
+        &self,
+        bundle: &Catalog,
+        prune: bool,
+        dry_run: bool,
+        expected_revision: u64,
+    ) -> Result<(Vec<proto::Change>, u64), Status> {
+        let current = self.store.load().await.map_err(status)?;
+        if expected_revision != 0 && expected_revision != current.revision {
+            return Err(status(CoreError::Conflict {
+                expected: expected_revision,
+                actual: current.revision,
+            }));
+        }
+        let (next, changes) = current
+            .catalog
+            .apply(bundle, prune)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let changed = changes
+            .iter()
+            .any(|change| change.action != Action::Unchanged);
+        let revision = if dry_run || !changed {
+            current.revision
+        } else {
+            let revision = self
+                .store
+                .save(&next, current.revision)
+                .await
+                .map_err(status)?;
+            tracing::info!(revision, changes = changes.len(), "catalog applied");
+            revision
+        };
+        let changes = changes
+            .into_iter()
+            .map(|change| proto::Change {
+                kind: proto_kind(change.kind) as i32,
+                name: change.name,
+                action: match change.action {
+                    Action::Create => ChangeAction::Create,
+                    Action::Update => ChangeAction::Update,
+                    Action::Delete => ChangeAction::Delete,
+                    Action::Unchanged => ChangeAction::Unchanged,
+                } as i32,
+            })
+            .collect();
+        Ok((changes, revision))
+    }
+}
+
 fn to_json(resource: &impl serde::Serialize) -> Json {
     serde_json::to_value(resource).expect("catalog resources serialize")
 }
@@ -144,47 +197,84 @@ impl CatalogService for CatalogApi {
         let request = request.into_inner();
         let bundle = Catalog::parse_yaml(&request.document)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let current = self.store.load().await.map_err(status)?;
-        if request.expected_revision != 0 && request.expected_revision != current.revision {
-            return Err(status(CoreError::Conflict {
-                expected: request.expected_revision,
-                actual: current.revision,
-            }));
-        }
-        let (next, changes) = current
-            .catalog
-            .apply(&bundle, request.prune)
-            .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let changed = changes
-            .iter()
-            .any(|change| change.action != Action::Unchanged);
-        let revision = if request.dry_run || !changed {
-            current.revision
-        } else {
-            let revision = self
-                .store
-                .save(&next, current.revision)
-                .await
-                .map_err(status)?;
-            tracing::info!(revision, changes = changes.len(), "catalog applied");
-            revision
-        };
+        let (changes, revision) = self
+            .apply_bundle(
+                &bundle,
+                request.prune,
+                request.dry_run,
+                request.expected_revision,
+            )
+            .await?;
         Ok(Response::new(ApplyResponse {
-            changes: changes
-                .into_iter()
-                .map(|change| proto::Change {
-                    kind: proto_kind(change.kind) as i32,
-                    name: change.name,
-                    action: match change.action {
-                        Action::Create => ChangeAction::Create,
-                        Action::Update => ChangeAction::Update,
-                        Action::Delete => ChangeAction::Delete,
-                        Action::Unchanged => ChangeAction::Unchanged,
-                    } as i32,
-                })
-                .collect(),
+            changes,
             revision,
             dry_run: request.dry_run,
+        }))
+    }
+
+    async fn put_resource(
+        &self,
+        request: Request<PutResourceRequest>,
+    ) -> Result<Response<PutResourceResponse>, Status> {
+        if request.get_ref().dry_run {
+            auth::require(&request, Scope::Read, "a dry-run PutResource")?;
+        } else {
+            auth::require(&request, Scope::Admin, "PutResource")?;
+        }
+        let request = request.into_inner();
+        let resource = request
+            .resource
+            .ok_or_else(|| Status::invalid_argument("resource: must be set"))?;
+        let kind = kind_of(resource.kind())
+            .ok_or_else(|| Status::invalid_argument("resource.kind: must be set"))?;
+        let mut spec = resource
+            .spec
+            .as_ref()
+            .map(struct_to_json)
+            .unwrap_or_default();
+        let Some(fields) = spec.as_object_mut() else {
+            return Err(Status::invalid_argument("resource.spec: must be an object"));
+        };
+        let named = match kind {
+            Kind::Mapping => {
+                let reference = resource
+                    .name
+                    .parse::<MappingRef>()
+                    .map_err(|err| Status::invalid_argument(format!("resource.name: {err}")))?;
+                fields
+                    .entry("name")
+                    .or_insert_with(|| reference.name.clone().into());
+                fields
+                    .entry("version")
+                    .or_insert_with(|| reference.version.into());
+                format!(
+                    "{}@{}",
+                    fields["name"].as_str().unwrap_or_default(),
+                    fields["version"]
+                )
+            }
+            _ => fields
+                .entry("name")
+                .or_insert_with(|| resource.name.clone().into())
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        if named != resource.name {
+            return Err(Status::invalid_argument(format!(
+                "resource.spec.name: {named:?} is not the resource's name {:?}",
+                resource.name
+            )));
+        }
+        let document = serde_json::json!({ format!("{kind}s"): [spec] }).to_string();
+        let bundle = Catalog::parse_yaml(&document)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let (changes, revision) = self
+            .apply_bundle(&bundle, false, request.dry_run, request.expected_revision)
+            .await?;
+        Ok(Response::new(PutResourceResponse {
+            change: changes.into_iter().next(),
+            revision,
         }))
     }
 

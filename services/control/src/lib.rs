@@ -9,9 +9,11 @@ mod auth;
 mod catalog;
 pub mod convert;
 mod dead_letters;
+mod events;
 mod mapping;
 mod provider;
 mod replay;
+mod stats;
 
 use switchyard_core::{
     catalog::CatalogStore, config::Settings, nats, shutdown::Shutdown, topology,
@@ -22,8 +24,8 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 use crate::auth::Authenticate;
 
 pub use crate::{
-    catalog::CatalogApi, dead_letters::DeadLetterApi, mapping::MappingApi, provider::ProviderApi,
-    replay::ReplayApi,
+    catalog::CatalogApi, dead_letters::DeadLetterApi, events::EventApi, mapping::MappingApi,
+    provider::ProviderApi, replay::ReplayApi, stats::StatsApi,
 };
 
 /// Generated protobuf and gRPC code of `switchyard.v1`.
@@ -85,6 +87,12 @@ pub async fn run(
     health
         .set_serving::<proto::dead_letter_service_server::DeadLetterServiceServer<DeadLetterApi>>()
         .await;
+    health
+        .set_serving::<proto::event_service_server::EventServiceServer<EventApi>>()
+        .await;
+    health
+        .set_serving::<proto::stats_service_server::StatsServiceServer<StatsApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -118,7 +126,7 @@ pub async fn run(
         )
         .add_service(
             proto::mapping_service_server::MappingServiceServer::with_interceptor(
-                MappingApi::new(store),
+                MappingApi::new(store.clone()),
                 authenticate.clone(),
             ),
         )
@@ -137,6 +145,18 @@ pub async fn run(
         .add_service(
             proto::dead_letter_service_server::DeadLetterServiceServer::with_interceptor(
                 DeadLetterApi::new(nats.jetstream.clone()),
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::event_service_server::EventServiceServer::with_interceptor(
+                EventApi::new(nats.jetstream.clone(), store.clone()),
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::stats_service_server::StatsServiceServer::with_interceptor(
+                StatsApi::new(nats.jetstream.clone(), store),
                 authenticate,
             ),
         )
