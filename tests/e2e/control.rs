@@ -253,6 +253,10 @@ async fn health_and_reflection_serve_third_party_clients() {
         "switchyard.v1.CatalogService",
         "switchyard.v1.MappingService",
         "switchyard.v1.ReplayService",
+        "switchyard.v1.ProviderService",
+        "switchyard.v1.DeadLetterService",
+        "switchyard.v1.EventService",
+        "switchyard.v1.StatsService",
     ] {
         let status = health
             .check(HealthCheckRequest {
@@ -287,6 +291,10 @@ async fn health_and_reflection_serve_third_party_clients() {
         "switchyard.v1.CatalogService",
         "switchyard.v1.MappingService",
         "switchyard.v1.ReplayService",
+        "switchyard.v1.ProviderService",
+        "switchyard.v1.DeadLetterService",
+        "switchyard.v1.EventService",
+        "switchyard.v1.StatsService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
     ] {

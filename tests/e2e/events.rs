@@ -218,7 +218,21 @@ async fn one_resource_is_put_with_the_same_validation_as_an_apply() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(planned.change.unwrap().action(), ChangeAction::Update);
+    let change = planned.change.unwrap();
+    assert_eq!(change.action(), ChangeAction::Update);
+    // A put replaces the whole resource, and the dry run's diff shows every field
+    // that changes with it, policies falling back to their defaults included.
+    for line in [
+        r#"timeout: "2s" → "3s""#,
+        "- retry.max_attempts: 5",
+        "max_in_flight: 32 → 16",
+    ] {
+        assert!(
+            change.diff.iter().any(|l| l == line),
+            "{line} in {:?}",
+            change.diff
+        );
+    }
     let done = catalog_client
         .put_resource(put("crm", spec, false))
         .await

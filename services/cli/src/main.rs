@@ -500,6 +500,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         kind_name(change.kind()),
                         change.name
                     );
+                    for line in &change.diff {
+                        println!("           {line}");
+                    }
                 }
                 let verb = if response.dry_run {
                     "would be at"
@@ -516,6 +519,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                             "kind": kind_name(c.kind()),
                             "name": c.name,
                             "action": action_name(c.action()),
+                            "diff": c.diff,
                         })
                     })
                     .collect();

@@ -127,10 +127,30 @@ impl CatalogApi {
             tracing::info!(revision, changes = changes.len(), "catalog applied");
             revision
         };
+        let spec = |catalog: &Catalog, kind: Kind, name: &str| {
+            resources(catalog, Some(kind))
+                .into_iter()
+                .find(|resource| resource.name == name)
+                .and_then(|resource| resource.spec)
+                .map(|spec| struct_to_json(&spec))
+                .unwrap_or_default()
+        };
         let changes = changes
             .into_iter()
             .map(|change| proto::Change {
                 kind: proto_kind(change.kind) as i32,
+                diff: if change.action == Action::Update {
+                    let mut lines = Vec::new();
+                    json_diff(
+                        "",
+                        &spec(&current.catalog, change.kind, &change.name),
+                        &spec(&next, change.kind, &change.name),
+                        &mut lines,
+                    );
+                    lines
+                } else {
+                    Vec::new()
+                },
                 name: change.name,
                 action: match change.action {
                     Action::Create => ChangeAction::Create,
@@ -141,6 +161,32 @@ impl CatalogApi {
             })
             .collect();
         Ok((changes, revision))
+    }
+}
+
+/// One line per field that differs between `before` and `after`, under `path`.
+fn json_diff(path: &str, before: &Json, after: &Json, lines: &mut Vec<String>) {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (before, after) {
+        (Json::Object(old), Json::Object(new)) => {
+            let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+            for key in keys {
+                match (old.get(key), new.get(key)) {
+                    (Some(old), Some(new)) => json_diff(&at(key), old, new, lines),
+                    (Some(old), None) => lines.push(format!("- {}: {old}", at(key))),
+                    (None, Some(new)) => lines.push(format!("+ {}: {new}", at(key))),
+                    (None, None) => {}
+                }
+            }
+        }
+        (old, new) if old != new => lines.push(format!("{path}: {old} → {new}")),
+        _ => {}
     }
 }
 
