@@ -380,7 +380,9 @@ async fn the_breaker_opens_stops_sending_and_closes_after_a_good_probe() {
         assert!(metrics.contains(&series), "{series} in {metrics}");
     }
     assert!(
-        metrics.contains("switchyard_deliveries_total{provider=\"crm\",outcome=\"delivered\"} 20"),
+        metrics.contains(
+            "switchyard_deliveries_total{provider=\"crm\",outcome=\"delivered\",error=\"none\"} 20"
+        ),
         "{metrics}"
     );
 }

@@ -11,6 +11,7 @@ mod events;
 mod flow;
 mod ingest;
 mod lease;
+mod metrics;
 mod ordering;
 mod pacing;
 mod polling;

@@ -3,7 +3,7 @@
 //! One registry per process: in `switchyard dev` every service shares it, and each
 //! series carries the labels that tell them apart (provider, route, …).
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -41,6 +41,62 @@ pub struct DeliveryLabels {
     pub provider: String,
     /// `delivered`, `retry`, `deferred`, `rejected` or `exhausted`.
     pub outcome: String,
+    /// Why it failed: `none`, `http_4xx`, `http_5xx`, `http_429`, `timeout`,
+    /// `connect`, `credentials` or `other`.
+    pub error: String,
+}
+
+/// An HTTP request to ingest.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    /// The source (`unknown` for a source the catalog does not have).
+    pub source: String,
+    /// `events` or `webhooks`.
+    pub endpoint: String,
+    /// The HTTP status answered.
+    pub status: String,
+}
+
+/// A source.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// The source's name.
+    pub source: String,
+}
+
+/// What transform did with an event on one route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransformLabels {
+    /// The route.
+    pub route: String,
+    /// `published`, `filtered`, `skipped`, or the dead-letter category (`mapping`,
+    /// `contract`, `filter`).
+    pub outcome: String,
+}
+
+/// A route.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The route's name.
+    pub route: String,
+}
+
+/// A route's deliveries to a provider.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderRouteLabels {
+    /// The provider's name.
+    pub provider: String,
+    /// The route's name.
+    pub route: String,
+}
+
+/// A durable consumer.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The stream.
+    pub stream: String,
+    /// The consumer's name.
+    pub consumer: String,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -55,7 +111,32 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Time from sending a delivery to the provider's answer.
     pub delivery_duration: HistogramFamily<ProviderLabels>,
+    /// Failed attempts that will be retried, per provider.
+    pub retries: Family<ProviderLabels, Counter>,
+    /// Seconds deliveries waited for the rate limit or a provider's `Retry-After`.
+    pub rate_limit_wait: Family<ProviderLabels, Counter<f64, AtomicU64>>,
+    /// Unix time of the last successful delivery per provider and route (freshness).
+    pub last_success: Family<ProviderRouteLabels, Gauge<f64, AtomicU64>>,
+    /// HTTP requests to ingest per source, endpoint and status.
+    pub ingest_requests: Family<IngestLabels, Counter>,
+    /// Events stored in INGEST per source (duplicates not counted).
+    pub events_published: Family<SourceLabels, Counter>,
+    /// Transform results per route and outcome.
+    pub transform_results: Family<TransformLabels, Counter>,
+    /// Time to run a route's filter, contracts and mapping on one event.
+    pub mapping_duration: HistogramFamily<RouteLabels>,
+    /// Messages of a durable consumer not yet handed out.
+    pub consumer_pending: Family<ConsumerLabels, Gauge>,
+    /// Messages of a durable consumer handed out and not yet acknowledged.
+    pub consumer_ack_pending: Family<ConsumerLabels, Gauge>,
+    /// Dead letters per provider.
+    pub dlq_depth: Family<ProviderLabels, Gauge>,
     registry: Registry,
+}
+
+fn mapping_histogram() -> Histogram {
+    // 5 µs to about 80 ms.
+    Histogram::new(exponential_buckets(0.000_005, 2.0, 15))
 }
 
 fn latency_histogram() -> Histogram {
@@ -90,11 +171,78 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Time from sending a delivery to the provider's answer",
         delivery_duration.clone(),
     );
+    let retries = Family::<ProviderLabels, Counter>::default();
+    registry.register(
+        "retries",
+        "Failed delivery attempts that will be retried, per provider",
+        retries.clone(),
+    );
+    let rate_limit_wait = Family::<ProviderLabels, Counter<f64, AtomicU64>>::default();
+    registry.register(
+        "rate_limit_wait_seconds",
+        "Seconds deliveries waited for the rate limit or a provider's Retry-After",
+        rate_limit_wait.clone(),
+    );
+    let last_success = Family::<ProviderRouteLabels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "last_success_timestamp_seconds",
+        "Unix time of the last successful delivery per provider and route",
+        last_success.clone(),
+    );
+    let ingest_requests = Family::<IngestLabels, Counter>::default();
+    registry.register(
+        "ingest_requests",
+        "HTTP requests to ingest per source, endpoint and status",
+        ingest_requests.clone(),
+    );
+    let events_published = Family::<SourceLabels, Counter>::default();
+    registry.register(
+        "events_published",
+        "Events stored in INGEST per source, duplicates not counted",
+        events_published.clone(),
+    );
+    let transform_results = Family::<TransformLabels, Counter>::default();
+    registry.register(
+        "transform_results",
+        "Transform results per route and outcome",
+        transform_results.clone(),
+    );
+    let mapping_duration: HistogramFamily<RouteLabels> =
+        Family::new_with_constructor(mapping_histogram);
+    registry.register(
+        "mapping_duration_seconds",
+        "Time to run a route's filter, contracts and mapping on one event",
+        mapping_duration.clone(),
+    );
+    let consumer_pending = Family::<ConsumerLabels, Gauge>::default();
+    registry.register(
+        "consumer_pending",
+        "Messages of a durable consumer not yet handed out",
+        consumer_pending.clone(),
+    );
+    let consumer_ack_pending = Family::<ConsumerLabels, Gauge>::default();
+    registry.register(
+        "consumer_ack_pending",
+        "Messages of a durable consumer handed out and not yet acknowledged",
+        consumer_ack_pending.clone(),
+    );
+    let dlq_depth = Family::<ProviderLabels, Gauge>::default();
+    registry.register("dlq_depth", "Dead letters per provider", dlq_depth.clone());
     Metrics {
         breaker_state,
         breaker_transitions,
         deliveries,
         delivery_duration,
+        retries,
+        rate_limit_wait,
+        last_success,
+        ingest_requests,
+        events_published,
+        transform_results,
+        mapping_duration,
+        consumer_pending,
+        consumer_ack_pending,
+        dlq_depth,
         registry,
     }
 });
@@ -102,6 +250,47 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Keeps the backlog gauges of a durable consumer current, every `every`, until
+/// `shutdown`. A failed read keeps the last figures; it never stops the service.
+pub async fn watch_consumer(
+    jetstream: async_nats::jetstream::Context,
+    stream: &'static str,
+    consumer: String,
+    every: std::time::Duration,
+    shutdown: crate::shutdown::Shutdown,
+) -> Result<(), crate::Error> {
+    let labels = ConsumerLabels {
+        stream: stream.to_owned(),
+        consumer: consumer.clone(),
+    };
+    loop {
+        let info = async {
+            let mut handle = jetstream
+                .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                    &consumer, stream,
+                )
+                .await
+                .ok()?;
+            handle.info().await.ok().cloned()
+        };
+        if let Some(info) = info.await {
+            let metrics = metrics();
+            metrics
+                .consumer_pending
+                .get_or_create(&labels)
+                .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+            metrics
+                .consumer_ack_pending
+                .get_or_create(&labels)
+                .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Every metric in the Prometheus text format.

@@ -41,7 +41,7 @@ use async_nats::{
         stream::Stream,
     },
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use reqwest::header::{HeaderName, HeaderValue};
 use switchyard_core::{
     auth::Authenticator,
@@ -50,7 +50,7 @@ use switchyard_core::{
     consumer::Subscription,
     event, headers, lease,
     ledger::{self, Ledger, Record},
-    metrics::{self, DeliveryLabels, ProviderLabels, TransitionLabels},
+    metrics::{self, DeliveryLabels, ProviderLabels, ProviderRouteLabels, TransitionLabels},
     nats::{self, Nats},
     operator::{self, BreakerRecord, Command, LiveStatus, Pause},
     ratelimit::Limiter,
@@ -99,6 +99,8 @@ const HAND_BACK: Duration = Duration::from_secs(1);
 /// is offered again. Nothing is pulled while either lasts, so a short delay costs
 /// nothing, and a resume or a breaker reset takes effect at once.
 const HELD_RETRY: Duration = Duration::from_secs(1);
+/// How often the backlog and dead-letter gauges are refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait in one step while pacing, so cancellation is noticed.
 const PACING_STEP: Duration = Duration::from_millis(500);
 
@@ -214,10 +216,18 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
             lease.keep(&active).await;
             active.trigger();
         };
-        let (_, delivered, ()) = tokio::join!(
+        let (_, delivered, (), _, ()) = tokio::join!(
             keep,
             deliver(&shared, &mut target, &mut catalog, &secrets, &active),
             answer_operators(&shared, &active),
+            metrics::watch_consumer(
+                shared.nats.jetstream.clone(),
+                topology::DELIVER,
+                topology::delivery_consumer(&provider),
+                BACKLOG_EVERY,
+                active.clone(),
+            ),
+            watch_dead_letters(&shared, &active),
         );
         delivered?;
         if shutdown.is_shutting_down() {
@@ -423,6 +433,37 @@ async fn watch_pause(shared: Arc<Shared>, shutdown: Shutdown) -> Result<(), Erro
                 None if was => tracing::info!(provider = shared.provider, "resumed by an operator"),
                 _ => {}
             }
+        }
+    }
+}
+
+/// Keeps the provider's dead-letter gauge current while this replica is active.
+async fn watch_dead_letters(shared: &Arc<Shared>, active: &Shutdown) {
+    let labels = ProviderLabels {
+        provider: shared.provider.clone(),
+    };
+    let subject = topology::dlq_subject(&shared.provider);
+    loop {
+        let count = async {
+            let stream = shared
+                .nats
+                .jetstream
+                .get_stream_no_info(topology::DLQ)
+                .await
+                .ok()?;
+            let counts = stream.info_with_subjects(&subject).await.ok()?;
+            let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
+            Some(counts.iter().map(|(_, count)| *count as i64).sum::<i64>())
+        };
+        if let Some(count) = count.await {
+            metrics::metrics()
+                .dlq_depth
+                .get_or_create(&labels)
+                .set(count);
+        }
+        tokio::select! {
+            () = active.cancelled() => return,
+            () = tokio::time::sleep(BACKLOG_EVERY) => {}
         }
     }
 }
@@ -746,8 +787,25 @@ impl Delivery {
             .get_or_create(&DeliveryLabels {
                 provider: provider.provider.clone(),
                 outcome: category.to_owned(),
+                error: answer.error_kind().to_owned(),
             })
             .inc();
+        match category {
+            "retry" => {
+                metrics.retries.get_or_create(&provider).inc();
+            }
+            "delivered" => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9;
+                metrics
+                    .last_success
+                    .get_or_create(&ProviderRouteLabels {
+                        provider: provider.provider.clone(),
+                        route: route.to_owned(),
+                    })
+                    .set(now);
+            }
+            _ => {}
+        }
         if !answer.not_sent {
             metrics
                 .delivery_duration
@@ -827,6 +885,13 @@ impl Delivery {
                 return Err(Deferral::After(HELD_RETRY));
             }
             if let Err(wait) = self.shared.limiter.try_acquire() {
+                let step = wait.min(PACING_STEP);
+                metrics::metrics()
+                    .rate_limit_wait
+                    .get_or_create(&ProviderLabels {
+                        provider: self.shared.provider.clone(),
+                    })
+                    .inc_by(step.as_secs_f64());
                 tokio::select! {
                     () = self.active.cancelled() => return Err(Deferral::HandBack),
                     () = tokio::time::sleep(wait.min(PACING_STEP)) => continue,

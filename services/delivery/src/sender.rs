@@ -42,6 +42,24 @@ pub struct Answer {
     pub latency: Duration,
 }
 
+impl Answer {
+    /// The kind of failure for metrics: `none` for a 2xx, else `http_429`,
+    /// `http_4xx`, `http_5xx`, `timeout`, `connect`, `credentials` or `other`.
+    pub fn error_kind(&self) -> &'static str {
+        match (self.status, &self.error) {
+            (Some(200..=299), _) => "none",
+            (Some(429), _) => "http_429",
+            (Some(400..=499), _) => "http_4xx",
+            (Some(500..=599), _) => "http_5xx",
+            (Some(_), _) => "other",
+            (None, _) if self.not_sent => "credentials",
+            (None, Some(error)) if error.starts_with("timed out") => "timeout",
+            (None, Some(error)) if error.starts_with("connection failed") => "connect",
+            (None, _) => "other",
+        }
+    }
+}
+
 /// What to do after an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -32,6 +32,7 @@ use switchyard_core::{
     config::Settings,
     contract::Violation,
     event, headers,
+    metrics::{self, IngestLabels, SourceLabels},
     nats::{self, Nats},
     secrets::SecretSource,
     shutdown::Shutdown,
@@ -100,9 +101,12 @@ pub async fn run(
 }
 
 fn router(state: Arc<Ingest>) -> Router {
-    Router::new()
+    let counted = Router::new()
         .route("/v1/events/{source}", post(accept_event))
         .route("/webhooks/{source}", post(accept_webhook))
+        .layer(axum::middleware::from_fn(count_request));
+    Router::new()
+        .merge(counted)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(state)
@@ -131,6 +135,35 @@ pub struct Accepted {
     /// The event broke its source's schema and was stored in the DLQ, not INGEST.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
+}
+
+/// Counts each request by source, endpoint and status. A source the catalog does not
+/// have is counted as `unknown`, so made-up names cannot grow the label set.
+async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let (endpoint, source) = match path.strip_prefix("/v1/events/") {
+        Some(source) => ("events", source),
+        None => (
+            "webhooks",
+            path.strip_prefix("/webhooks/").unwrap_or_default(),
+        ),
+    };
+    let status = response.status();
+    let source = if status == StatusCode::NOT_FOUND {
+        "unknown"
+    } else {
+        source
+    };
+    metrics::metrics()
+        .ingest_requests
+        .get_or_create(&IngestLabels {
+            source: source.to_owned(),
+            endpoint: endpoint.to_owned(),
+            status: status.as_u16().to_string(),
+        })
+        .inc();
+    response
 }
 
 async fn accept_event(
@@ -450,6 +483,13 @@ async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<
     };
     if ack.duplicate {
         tracing::info!(event_id, "duplicate idempotency key; not published again");
+    } else {
+        metrics::metrics()
+            .events_published
+            .get_or_create(&SourceLabels {
+                source: event.source.to_owned(),
+            })
+            .inc();
     }
     Ok(Accepted {
         event_id,

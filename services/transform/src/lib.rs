@@ -73,6 +73,16 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
         &shutdown,
     )
     .await?;
+    shutdown.spawn(
+        "transform backlog",
+        switchyard_core::metrics::watch_consumer(
+            nats.jetstream.clone(),
+            topology::INGEST,
+            topology::TRANSFORM_CONSUMER.to_owned(),
+            std::time::Duration::from_secs(5),
+            shutdown.clone(),
+        ),
+    );
     let mut transform = Transform {
         jetstream: nats.jetstream.clone(),
         catalog,

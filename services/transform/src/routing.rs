@@ -13,6 +13,7 @@ use switchyard_core::{
     contract::Violation,
     headers,
     mapping::{CompiledMapping, Event, Filter, MappingError, Output, Program, RunError},
+    metrics::{self, RouteLabels, TransformLabels},
     topology,
 };
 
@@ -195,9 +196,31 @@ impl Routing {
             .collect();
         let mut parsed = None;
         let mut outputs = Vec::with_capacity(routes.len());
+        let metrics = metrics::metrics();
         for (i, compiled) in routes.iter().enumerate() {
             let parsed = parsed.get_or_insert_with(|| Event::parse(event.payload));
+            let started = std::time::Instant::now();
             let decision = compiled.decide(parsed, i + 1 == routes.len());
+            let route = &compiled.route.name;
+            metrics
+                .mapping_duration
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            let outcome = match &decision {
+                Decision::Deliver { .. } => "published",
+                Decision::Filtered => "filtered",
+                Decision::Skipped(_) => "skipped",
+                Decision::DeadLetter { category, .. } => category,
+            };
+            metrics
+                .transform_results
+                .get_or_create(&TransformLabels {
+                    route: route.clone(),
+                    outcome: outcome.to_owned(),
+                })
+                .inc();
             if let Some(outgoing) = compiled.outgoing(event, decision) {
                 outputs.push(outgoing);
             }
