@@ -131,8 +131,6 @@ async fn every_service_counts_what_it_does_and_the_readme_names_every_metric() {
     .await;
 
     // The README's metrics table names every metric, and nothing that does not exist.
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let text = switchyard_core::metrics::encode();
     let exported: HashSet<String> = text
         .lines()
@@ -140,19 +138,7 @@ async fn every_service_counts_what_it_does_and_the_readme_names_every_metric() {
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_owned)
         .collect();
-    let section = readme
-        .split("### Metrics")
-        .nth(1)
-        .expect("a Metrics section")
-        .split("\n## ")
-        .next()
-        .unwrap();
-    let listed: HashSet<String> = section
-        .lines()
-        .filter_map(|line| line.strip_prefix("| `switchyard_"))
-        .filter_map(|rest| rest.split('`').next())
-        .map(|name| format!("switchyard_{}", name.trim_end_matches("_total")))
-        .collect();
+    let listed = readme_metrics();
     // A family shows up once it has a series; breaker transitions need an open
     // breaker, which the delivery tests check.
     let not_seen: HashSet<&str> = listed.difference(&exported).map(String::as_str).collect();
@@ -164,5 +150,123 @@ async fn every_service_counts_what_it_does_and_the_readme_names_every_metric() {
     assert!(
         exported.is_subset(&listed),
         "README lists {listed:?}, the process exports {exported:?}"
+    );
+}
+
+/// The metric families the README's Observability → Metrics table lists, without the
+/// `_total` of counters.
+fn readme_metrics() -> HashSet<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme
+        .split("### Metrics")
+        .nth(1)
+        .expect("a Metrics section")
+        .split("\n## ")
+        .next()
+        .unwrap()
+        .to_owned();
+    section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `switchyard_"))
+        .filter_map(|rest| rest.split('`').next())
+        .map(|name| format!("switchyard_{}", name.trim_end_matches("_total")))
+        .collect()
+}
+
+/// Checks that `expr` is valid PromQL and uses only metrics the README lists.
+fn check_expr(what: &str, expr: &str, known: &HashSet<String>) {
+    if let Err(err) = promql_parser::parser::parse(expr) {
+        panic!("{what}: {err}\n{expr}");
+    }
+    let mut rest = expr;
+    while let Some(at) = rest.find("switchyard_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let family = ["_total", "_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
+        assert!(
+            known.contains(family),
+            "{what} uses {name}, which Switchyard does not export"
+        );
+    }
+}
+
+#[test]
+fn alert_rules_and_the_dashboard_parse_and_use_only_exported_metrics() {
+    let known = readme_metrics();
+    // The check itself refuses bad PromQL and unknown metrics.
+    for bad in [
+        "sum(rate(switchyard_retries_total[5m])",
+        "rate(switchyard_retried_total[5m])",
+    ] {
+        let known = known.clone();
+        assert!(
+            std::panic::catch_unwind(move || check_expr("bad", bad, &known)).is_err(),
+            "{bad}"
+        );
+    }
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let rules: serde_json::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(format!("{root}/prometheus/alerts.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_array().expect("groups") {
+        for rule in group["rules"].as_array().expect("rules") {
+            let name = rule["alert"].as_str().expect("every rule is an alert");
+            check_expr(name, rule["expr"].as_str().expect("an expr"), &known);
+            let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
+            assert!(
+                ["warning", "critical"].contains(&severity),
+                "{name}: severity {severity:?}"
+            );
+            assert!(rule["for"].as_str().is_some(), "{name}: a `for`");
+            assert!(
+                rule["annotations"]["summary"].as_str().is_some(),
+                "{name}: a summary"
+            );
+            alerts.push(name.to_owned());
+        }
+    }
+    for wanted in [
+        "SwitchyardDeliveryFailureSpike",
+        "SwitchyardFreshnessStale",
+        "SwitchyardBreakerOpenTooLong",
+        "SwitchyardDeadLettersGrowing",
+        "SwitchyardVolumeDrop",
+    ] {
+        assert!(alerts.iter().any(|a| a == wanted), "{wanted} in {alerts:?}");
+    }
+
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/grafana/switchyard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut used = HashSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expr");
+            check_expr(panel["title"].as_str().unwrap_or_default(), expr, &known);
+            used.extend(
+                known
+                    .iter()
+                    .filter(|name| expr.contains(name.as_str()))
+                    .cloned(),
+            );
+        }
+    }
+    let unused: Vec<_> = known
+        .difference(&used)
+        .filter(|name| !name.ends_with("transitions"))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "the dashboard shows every metric but {unused:?}"
     );
 }
