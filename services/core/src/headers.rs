@@ -112,12 +112,14 @@ pub fn inject_span(span: &tracing::Span, headers: &mut HeaderMap) {
     inject_context(&span.context(), headers);
 }
 
-/// Makes the span a child of the trace context carried by `headers`.
+/// Makes the span a child of the trace context carried by `headers`, and records the
+/// trace id in its `trace_id` field when it has one.
 pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let cx = extract_context(headers);
     // Fails only when the span is disabled, and then there is nothing to link.
     let _ = span.set_parent(cx);
+    crate::telemetry::record_trace_id(span);
 }
 
 struct NatsInjector<'a>(&'a mut HeaderMap);

@@ -37,12 +37,7 @@ pub fn init(settings: &TelemetrySettings, service: &str) -> Result<Guard, Error>
         .or_else(|_| EnvFilter::try_new(&settings.log_level))
         .map_err(|err| Error::Config(format!("telemetry.log_level: {err}")))?;
     let fmt = match settings.log_format {
-        LogFormat::Json => tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed(),
+        LogFormat::Json => json_layer(std::io::stdout).boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().boxed(),
     };
     tracing_subscriber::registry()
@@ -52,6 +47,33 @@ pub fn init(settings: &TelemetrySettings, service: &str) -> Result<Guard, Error>
         .try_init()
         .map_err(|err| Error::Config(format!("telemetry already initialised: {err}")))?;
     Ok(Guard { provider })
+}
+
+/// JSON lines: the event's fields flat, and every enclosing span's fields under
+/// `spans`, so each line about an event carries its `event_id` and `trace_id`.
+fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(true)
+        .with_writer(writer)
+}
+
+/// Records the OpenTelemetry trace id of `span` in its `trace_id` field (declared
+/// `trace_id = tracing::field::Empty`), so log lines can be found from a trace and a
+/// trace from a log line. Call it after the span's parent is set.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", trace_id.to_string());
+    }
 }
 
 /// Installs a subscriber that writes to the test harness's captured output; safe to
@@ -99,4 +121,54 @@ fn export_configured() -> bool {
     let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
     let disabled = std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|value| value == "none");
     !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_about_an_event_carry_its_event_id_and_trace_id() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(json_layer(move || writer.clone()))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "transform process",
+                event_id = "01a2-event",
+                trace_id = tracing::field::Empty
+            );
+            record_trace_id(&span);
+            span.in_scope(|| {
+                let inner = tracing::info_span!("transform publish");
+                inner.in_scope(|| tracing::warn!(reason = "x", "nested line"));
+            });
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(line["message"], "nested line");
+        let outer = &line["spans"][0];
+        assert_eq!(outer["event_id"], "01a2-event", "{line}");
+        let trace_id = outer["trace_id"].as_str().unwrap();
+        assert_eq!(trace_id.len(), 32, "{line}");
+        assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
 }

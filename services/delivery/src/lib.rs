@@ -653,6 +653,7 @@ impl Delivery {
             provider = %self.shared.provider,
             route = %route,
             event_id = %event_id,
+            trace_id = tracing::field::Empty,
             attempt = tracing::field::Empty,
         );
         headers::set_parent_from(&span, message_headers);

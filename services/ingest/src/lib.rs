@@ -261,13 +261,16 @@ async fn accept_webhook(
 }
 
 fn receive_span(source: &str) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "ingest receive",
         otel.kind = "server",
         source = %source,
         event_type = tracing::field::Empty,
         event_id = tracing::field::Empty,
-    )
+        trace_id = tracing::field::Empty,
+    );
+    switchyard_core::telemetry::record_trace_id(&span);
+    span
 }
 
 /// Finds the source and takes one request from its rate limit.

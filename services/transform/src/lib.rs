@@ -204,6 +204,7 @@ impl Transform {
             messaging.destination.name = %message.subject,
             messaging.message.id = %event_id,
             event_id = %event_id,
+            trace_id = tracing::field::Empty,
             routes = tracing::field::Empty,
         );
         headers::set_parent_from(&span, message.headers.as_ref());
