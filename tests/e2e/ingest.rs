@@ -187,3 +187,46 @@ async fn a_copy_arriving_after_the_duplicate_window_keeps_its_id_and_is_not_deli
         "delivery's ledger knew the id"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_s_traceparent_is_continued_to_the_provider() {
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let status = pipeline
+        .http
+        .post(format!(
+            "{}/v1/events/shop?type=order.created",
+            pipeline.ingest_url
+        ))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&order("t1", 1))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    pipeline
+        .post("shop", "order.created", &order("t2", 2), None)
+        .await;
+    provider.wait_for_accepted(2, Duration::from_secs(10)).await;
+    let trace_of = |order: &str| {
+        let received = provider.received();
+        let request = received
+            .iter()
+            .find(|r| r.json()["order"] == order)
+            .unwrap();
+        let traceparent = request.header("traceparent").unwrap().to_owned();
+        traceparent.split('-').nth(1).unwrap().to_owned()
+    };
+    assert_eq!(trace_of("t1"), caller_trace, "the caller's trace goes on");
+    let own = trace_of("t2");
+    assert_ne!(
+        own, caller_trace,
+        "a request without traceparent starts its own"
+    );
+    assert_eq!(own.len(), 32);
+}

@@ -122,6 +122,32 @@ pub fn set_parent_from(span: &tracing::Span, headers: Option<&HeaderMap>) {
     crate::telemetry::record_trace_id(span);
 }
 
+/// Makes the span a child of the trace context an HTTP caller sent (`traceparent`,
+/// `tracestate`), and records the trace id in its `trace_id` field; a request without
+/// one starts a new trace.
+pub fn set_parent_from_http(span: &tracing::Span, request: &axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if request.contains_key("traceparent") {
+        let cx = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HttpExtractor(request))
+        });
+        let _ = span.set_parent(cx);
+    }
+    crate::telemetry::record_trace_id(span);
+}
+
+struct HttpExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
+    }
+}
+
 struct NatsInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for NatsInjector<'_> {

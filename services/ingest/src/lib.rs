@@ -173,7 +173,7 @@ async fn accept_event(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let span = receive_span(&source);
+    let span = receive_span(&source, &request_headers);
     async move {
         let (ready, revision) = admit(&state, &source)?;
         if ready.api_keys.required() {
@@ -208,7 +208,7 @@ async fn accept_webhook(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let span = receive_span(&source);
+    let span = receive_span(&source, &request_headers);
     async move {
         let (ready, revision) = admit(&state, &source)?;
         let (Some(webhook), Some(verifier)) = (&ready.config.webhook, &ready.verifier) else {
@@ -260,7 +260,9 @@ async fn accept_webhook(
     .await
 }
 
-fn receive_span(source: &str) -> tracing::Span {
+/// The span of one request; it continues the caller's trace when the request carries
+/// a `traceparent`.
+fn receive_span(source: &str, request: &HeaderMap) -> tracing::Span {
     let span = tracing::info_span!(
         "ingest receive",
         otel.kind = "server",
@@ -269,7 +271,7 @@ fn receive_span(source: &str) -> tracing::Span {
         event_id = tracing::field::Empty,
         trace_id = tracing::field::Empty,
     );
-    switchyard_core::telemetry::record_trace_id(&span);
+    headers::set_parent_from_http(&span, request);
     span
 }
 
