@@ -7,14 +7,12 @@ use std::sync::{LazyLock, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{Histogram, exponential_buckets},
-    },
+    metrics::{family::Family, gauge::Gauge, histogram::exponential_buckets},
     registry::Registry,
 };
+
+/// The handle types, for services that keep handles instead of looking series up.
+pub use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 /// A provider.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -13,7 +13,7 @@ use switchyard_core::{
     contract::Violation,
     headers,
     mapping::{CompiledMapping, Event, Filter, MappingError, Output, Program, RunError},
-    metrics::{self, RouteLabels, TransformLabels},
+    metrics::{self, Counter, Histogram, RouteLabels, TransformLabels},
     topology,
 };
 
@@ -26,6 +26,60 @@ pub struct CompiledRoute {
     compiled: Arc<CompiledMapping>,
     filter: Option<Filter>,
     ordering_key: Option<Program>,
+    metrics: RouteMetrics,
+}
+
+/// The route's metric handles, looked up once per catalog change rather than per
+/// event.
+struct RouteMetrics {
+    duration: Histogram,
+    published: Counter,
+    filtered: Counter,
+    skipped: Counter,
+}
+
+impl RouteMetrics {
+    fn new(route: &str) -> Self {
+        let metrics = metrics::metrics();
+        let outcome = |outcome: &str| {
+            metrics
+                .transform_results
+                .get_or_create(&TransformLabels {
+                    route: route.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        };
+        Self {
+            duration: metrics
+                .mapping_duration
+                .get_or_create(&RouteLabels {
+                    route: route.to_owned(),
+                })
+                .clone(),
+            published: outcome("published"),
+            filtered: outcome("filtered"),
+            skipped: outcome("skipped"),
+        }
+    }
+
+    /// Counts one decision and how long it took.
+    fn observe(&self, route: &str, decision: &Decision, took: std::time::Duration) {
+        self.duration.observe(took.as_secs_f64());
+        match decision {
+            Decision::Deliver { .. } => self.published.inc(),
+            Decision::Filtered => self.filtered.inc(),
+            Decision::Skipped(_) => self.skipped.inc(),
+            // Dead letters are rare; their counters are looked up when they happen.
+            Decision::DeadLetter { category, .. } => metrics::metrics()
+                .transform_results
+                .get_or_create(&TransformLabels {
+                    route: route.to_owned(),
+                    outcome: (*category).to_owned(),
+                })
+                .inc(),
+        };
+    }
 }
 
 /// Every route of one catalog revision.
@@ -159,6 +213,7 @@ impl Routing {
                 compiled,
                 filter,
                 ordering_key,
+                metrics: RouteMetrics::new(&route.name),
             });
         }
         Ok(Self {
@@ -196,31 +251,13 @@ impl Routing {
             .collect();
         let mut parsed = None;
         let mut outputs = Vec::with_capacity(routes.len());
-        let metrics = metrics::metrics();
         for (i, compiled) in routes.iter().enumerate() {
             let parsed = parsed.get_or_insert_with(|| Event::parse(event.payload));
             let started = std::time::Instant::now();
             let decision = compiled.decide(parsed, i + 1 == routes.len());
-            let route = &compiled.route.name;
-            metrics
-                .mapping_duration
-                .get_or_create(&RouteLabels {
-                    route: route.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            let outcome = match &decision {
-                Decision::Deliver { .. } => "published",
-                Decision::Filtered => "filtered",
-                Decision::Skipped(_) => "skipped",
-                Decision::DeadLetter { category, .. } => category,
-            };
-            metrics
-                .transform_results
-                .get_or_create(&TransformLabels {
-                    route: route.clone(),
-                    outcome: outcome.to_owned(),
-                })
-                .inc();
+            compiled
+                .metrics
+                .observe(&compiled.route.name, &decision, started.elapsed());
             if let Some(outgoing) = compiled.outgoing(event, decision) {
                 outputs.push(outgoing);
             }
