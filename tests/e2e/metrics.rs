@@ -1,11 +1,7 @@
 //! Prometheus metrics: every series the README lists is exported, with the labels
 //! that tell sources, routes and providers apart.
 
-use std::{
-    collections::HashSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use switchyard_tests::{FakeProvider, Pipeline, Reply, eventually};
 
@@ -20,13 +16,8 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_service_counts_what_it_does_and_the_readme_names_every_metric() {
     // The CRM fails the first request of every delivery once.
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let provider = FakeProvider::with(move |request| {
-        if seen
-            .lock()
-            .unwrap()
-            .insert(request.idempotency_key().to_owned())
-        {
+    let provider = FakeProvider::with(|request| {
+        if request.attempt == 1 {
             Reply::status(503)
         } else {
             Reply::ok()
@@ -53,16 +44,7 @@ async fn every_service_counts_what_it_does_and_the_readme_names_every_metric() {
         ),
         ("nowhere", serde_json::json!({})),
     ] {
-        pipeline
-            .http
-            .post(format!(
-                "{}/v1/events/{source}?type=order.created",
-                pipeline.ingest_url
-            ))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        pipeline.post(source, "order.created", &body, None).await;
     }
     provider.wait_for_accepted(1, Duration::from_secs(15)).await;
 
