@@ -612,10 +612,7 @@ fn bound(flag: &str, text: &str) -> Result<Bound, Failure> {
             time::OffsetDateTime::now_utc() - ago
         }
     };
-    Ok(Bound::Time(prost_types::Timestamp {
-        seconds: at.unix_timestamp(),
-        nanos: i32::try_from(at.nanosecond()).unwrap_or_default(),
-    }))
+    Ok(Bound::Time(switchyard_control::convert::timestamp_of(at)))
 }
 
 fn progress_bar(progress: &ReplayProgress) -> String {

@@ -42,6 +42,14 @@ pub(crate) fn status(err: CoreError) -> Status {
     }
 }
 
+/// ABORTED unless the catalog is still at `expected` (0: whatever is current).
+fn still_at(expected: u64, actual: u64) -> Result<(), Status> {
+    if expected != 0 && expected != actual {
+        return Err(status(CoreError::Conflict { expected, actual }));
+    }
+    Ok(())
+}
+
 fn kind_of(kind: ResourceKind) -> Option<Kind> {
     match kind {
         ResourceKind::Unspecified => None,
@@ -103,12 +111,7 @@ impl CatalogApi {
         expected_revision: u64,
     ) -> Result<(Vec<proto::Change>, u64), Status> {
         let current = self.store.load().await.map_err(status)?;
-        if expected_revision != 0 && expected_revision != current.revision {
-            return Err(status(CoreError::Conflict {
-                expected: expected_revision,
-                actual: current.revision,
-            }));
-        }
+        still_at(expected_revision, current.revision)?;
         let (next, changes) = current
             .catalog
             .apply(bundle, prune)
@@ -333,12 +336,7 @@ impl CatalogService for CatalogApi {
         let kind =
             kind_of(request.kind()).ok_or_else(|| Status::invalid_argument("kind: must be set"))?;
         let current = self.store.load().await.map_err(status)?;
-        if request.expected_revision != 0 && request.expected_revision != current.revision {
-            return Err(status(CoreError::Conflict {
-                expected: request.expected_revision,
-                actual: current.revision,
-            }));
-        }
+        still_at(request.expected_revision, current.revision)?;
         let next = current
             .catalog
             .without(kind, &request.name)

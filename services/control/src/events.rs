@@ -189,14 +189,6 @@ fn minted_at(event_id: &str) -> Option<OffsetDateTime> {
     .ok()
 }
 
-fn header_map(message_headers: Option<&HeaderMap>) -> std::collections::HashMap<String, String> {
-    message_headers
-        .into_iter()
-        .flat_map(HeaderMap::iter)
-        .filter_map(|(name, values)| Some((name.to_string(), values.first()?.to_string())))
-        .collect()
-}
-
 #[tonic::async_trait]
 impl EventService for EventApi {
     async fn get_event(
@@ -343,7 +335,9 @@ impl EventService for EventApi {
             event_type: event_type.to_owned(),
             ingest_sequence: record.sequence,
             received_at: timestamp(&received_at).or(Some(timestamp_of(record.published))),
-            headers: header_map(record.headers.as_ref()),
+            headers: headers::first_values(record.headers.as_ref())
+                .into_iter()
+                .collect(),
             body: record.payload.to_vec(),
             routes: routes.into_values().collect(),
             complete,

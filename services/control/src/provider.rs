@@ -180,23 +180,10 @@ impl ProviderApi {
 
     /// Messages stored in `stream` under `subject` (a wildcard sums its subjects).
     async fn subject_count(&self, stream: &str, subject: &str) -> Result<u64, Status> {
-        let unavailable =
-            |err: &dyn std::fmt::Display| Status::unavailable(format!("stream {stream}: {err}"));
-        let stream = self
-            .nats
-            .jetstream
-            .get_stream_no_info(stream)
+        let counts = topology::subject_counts(&self.nats.jetstream, stream, subject)
             .await
-            .map_err(|err| unavailable(&err))?;
-        let counts = stream
-            .info_with_subjects(subject)
-            .await
-            .map_err(|err| unavailable(&err))?;
-        counts
-            .map_ok(|(_, count)| count as u64)
-            .try_fold(0, |sum, count| async move { Ok(sum + count) })
-            .await
-            .map_err(|err| unavailable(&err))
+            .map_err(status)?;
+        Ok(counts.values().sum())
     }
 }
 

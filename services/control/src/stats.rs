@@ -83,14 +83,11 @@ impl StatsService for StatsApi {
                 });
             }
             if name == topology::DLQ && state.messages > 0 {
-                stats.dead_letters = stream
-                    .info_with_subjects("dlq.>")
+                stats.dead_letters = topology::subject_counts(&self.jetstream, name, "dlq.>")
                     .await
-                    .map_err(|err| unavailable(&err))?
-                    .map_ok(|(subject, count)| (subject, count as u64))
-                    .try_collect()
-                    .await
-                    .map_err(|err| unavailable(&err))?;
+                    .map_err(status)?
+                    .into_iter()
+                    .collect();
             }
         }
         stats

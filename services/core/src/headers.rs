@@ -51,6 +51,15 @@ pub const REDELIVERY: &str = "Switchyard-Redelivery";
 /// The ingest stream sequence of the original event.
 pub const INGEST_SEQUENCE: &str = "Switchyard-Ingest-Sequence";
 
+/// The first value of every header, by name.
+pub fn first_values(headers: Option<&HeaderMap>) -> std::collections::BTreeMap<String, String> {
+    headers
+        .into_iter()
+        .flat_map(HeaderMap::iter)
+        .filter_map(|(name, values)| Some((name.to_string(), values.first()?.to_string())))
+        .collect()
+}
+
 /// Longest header value Switchyard writes; longer text is cut at a char boundary.
 const MAX_HEADER_VALUE: usize = 1024;
 

@@ -84,6 +84,28 @@ pub fn parse_ingest_subject(subject: &str) -> Option<(&str, &str)> {
     (!source.is_empty() && !event_type.is_empty()).then_some((source, event_type))
 }
 
+/// Messages stored in `stream` per subject matching `filter` (a wildcard gives one
+/// entry per subject).
+pub async fn subject_counts(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    filter: &str,
+) -> Result<std::collections::BTreeMap<String, u64>, Error> {
+    use futures::TryStreamExt;
+    let stream = jetstream
+        .get_stream_no_info(stream)
+        .await
+        .map_err(Error::nats)?;
+    stream
+        .info_with_subjects(filter)
+        .await
+        .map_err(Error::nats)?
+        .map_ok(|(subject, count)| (subject, count as u64))
+        .try_collect()
+        .await
+        .map_err(Error::nats)
+}
+
 /// What `ensure_topology` did to one stream or bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reconciled {

@@ -41,7 +41,7 @@ use async_nats::{
         stream::Stream,
     },
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use reqwest::header::{HeaderName, HeaderValue};
 use switchyard_core::{
     auth::Authenticator,
@@ -444,22 +444,15 @@ async fn watch_dead_letters(shared: &Arc<Shared>, active: &Shutdown) {
     };
     let subject = topology::dlq_subject(&shared.provider);
     loop {
-        let count = async {
-            let stream = shared
-                .nats
-                .jetstream
-                .get_stream_no_info(topology::DLQ)
-                .await
-                .ok()?;
-            let counts = stream.info_with_subjects(&subject).await.ok()?;
-            let counts: Vec<(String, usize)> = counts.try_collect().await.ok()?;
-            Some(counts.iter().map(|(_, count)| *count as i64).sum::<i64>())
-        };
-        if let Some(count) = count.await {
+        // A failed read keeps the last figure.
+        if let Ok(counts) =
+            topology::subject_counts(&shared.nats.jetstream, topology::DLQ, &subject).await
+        {
+            let count = counts.values().sum::<u64>();
             metrics::metrics()
                 .dlq_depth
                 .get_or_create(&labels)
-                .set(count);
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         tokio::select! {
             () = active.cancelled() => return,

@@ -132,12 +132,6 @@ impl DeadLetter {
                 header(headers::SOURCE),
             ),
         };
-        let mut all = BTreeMap::new();
-        for (name, values) in message_headers.into_iter().flat_map(HeaderMap::iter) {
-            if let Some(value) = values.first() {
-                all.insert(name.to_string(), value.to_string());
-            }
-        }
         Self {
             sequence,
             subject: subject.to_owned(),
@@ -159,7 +153,7 @@ impl DeadLetter {
             dead_lettered_at: at,
             received_at: header(headers::RECEIVED_AT),
             body,
-            headers: all,
+            headers: headers::first_values(message_headers),
         }
     }
 }
