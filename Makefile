@@ -10,8 +10,10 @@ run: nats-server
 	$(CARGO) build -p switchyard -p syctl
 	./target/debug/switchyard dev --catalog $(CATALOG)
 
-## test: the whole test suite against a real nats-server
+## test: the whole test suite against a real nats-server (tests that run the services
+## as processes use the binaries built first)
 test: nats-server python-deps buf
+	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \

@@ -3,20 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use switchyard_tests::{FakeProvider, Pipeline, Reply, eventually};
-use tokio::process::{Child, Command};
+use switchyard_tests::{FakeProvider, Pipeline, Reply, eventually, service};
+use tokio::process::Child;
 
 use crate::{catalog, publish_orders};
 
 fn spawn_delivery(pipeline: &Pipeline, instance: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_switchyard-test-delivery"))
+    service("switchyard-delivery", &pipeline.settings)
         .args(["--provider", "crm"])
-        .env("SWITCHYARD__NATS__URL", pipeline.nats.url())
         .env("SWITCHYARD__DELIVERY__INSTANCE", instance)
-        .env("SWITCHYARD__SECRETS__DIR", &pipeline.settings.secrets.dir)
-        .kill_on_drop(true)
         .spawn()
-        .expect("the delivery test binary starts")
+        .expect("switchyard-delivery starts")
 }
 
 async fn holder(pipeline: &Pipeline) -> Option<String> {

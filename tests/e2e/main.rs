@@ -18,6 +18,7 @@ mod polling;
 mod providers;
 mod replay;
 mod topology;
+mod traces;
 mod transform;
 mod webhooks;
 

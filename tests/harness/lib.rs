@@ -48,30 +48,72 @@ impl TestNats {
     }
 }
 
-/// The `syctl` binary of this workspace's build, built first when it is missing (as
-/// when only this package's tests were built).
-pub fn syctl() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
+/// The binary `name` (`syctl`, `switchyard-ingest`, …) of this workspace's build,
+/// brought up to date first by one `cargo build --workspace --bins` per test process
+/// (nothing to do after `make test`, which builds them before the tests).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    static PROFILE_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PROFILE_DIR
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("the test binary's path");
-            // target/<profile>/deps/e2e-<hash> → target/<profile>/syctl
-            let path = exe
+            // target/<profile>/deps/e2e-<hash> → target/<profile>
+            let profile_dir = exe
                 .parent()
                 .and_then(std::path::Path::parent)
-                .expect("a target directory")
-                .join("syctl");
-            if !path.exists() {
-                let status = std::process::Command::new(env!("CARGO"))
-                    .args(["build", "--quiet", "-p", "syctl"])
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .status()
-                    .expect("cargo runs");
-                assert!(status.success(), "building syctl failed");
+                .expect("a target directory");
+            let target_dir = profile_dir.parent().expect("a target directory");
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build
+                .args(["build", "--quiet", "--workspace", "--bins", "--target-dir"])
+                .arg(target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
             }
-            path
+            // What cargo set for this test; build scripts that watch these (ring
+            // watches CARGO_MANIFEST_DIR) would otherwise run again and rebuild.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let set_for_tests = [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                ]
+                .contains(&name.as_ref())
+                    || name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_");
+                if set_for_tests {
+                    build.env_remove(name.as_ref());
+                }
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building the workspace's binaries failed");
+            profile_dir.to_owned()
         })
-        .clone()
+        .join(name)
+}
+
+/// The `syctl` binary.
+pub fn syctl() -> std::path::PathBuf {
+    binary("syctl")
+}
+
+/// The service binary `name` (`switchyard-delivery`, …) as a child process configured
+/// like `settings` through `SWITCHYARD__*` variables, with its admin port on any free
+/// port; it is killed when dropped.
+pub fn service(
+    name: &str,
+    settings: &switchyard_core::config::Settings,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary(name));
+    command
+        .env("SWITCHYARD__NATS__URL", &settings.nats.url)
+        .env("SWITCHYARD__SECRETS__DIR", &settings.secrets.dir)
+        .env("SWITCHYARD__ADMIN__LISTEN", "127.0.0.1:0")
+        .kill_on_drop(true);
+    command
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what`.

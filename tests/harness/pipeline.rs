@@ -69,12 +69,12 @@ impl Pipeline {
         Self::launch(nats, settings, catalog, false).await
     }
 
-    async fn launch(
-        nats: TestNats,
-        settings: Settings,
+    /// Creates the streams and buckets and saves `catalog`, as `switchyard dev` does
+    /// before any service starts; for tests that run the services as processes.
+    pub async fn prepare(
+        settings: &Settings,
         catalog: &str,
-        deliveries: bool,
-    ) -> anyhow::Result<Self> {
+    ) -> anyhow::Result<(nats::Nats, Catalog)> {
         let connection = nats::connect(&settings.nats, "test").await?;
         topology::ensure_topology(&connection.jetstream, &settings.topology).await?;
         let catalog = Catalog::from_yaml(catalog)?;
@@ -82,6 +82,16 @@ impl Pipeline {
             .await?
             .save(&catalog, 0)
             .await?;
+        Ok((connection, catalog))
+    }
+
+    async fn launch(
+        nats: TestNats,
+        settings: Settings,
+        catalog: &str,
+        deliveries: bool,
+    ) -> anyhow::Result<Self> {
+        let (connection, catalog) = Self::prepare(&settings, catalog).await?;
 
         let shutdown = Shutdown::new();
         let ingest = TcpListener::bind("127.0.0.1:0").await?;

@@ -10,9 +10,12 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
+use tracing::Span;
+
 use crate::{
     Error,
     config::{LogFormat, TelemetrySettings},
+    topology,
 };
 
 /// Flushes and stops the tracer provider when dropped.
@@ -67,13 +70,77 @@ where
 /// Records the OpenTelemetry trace id of `span` in its `trace_id` field (declared
 /// `trace_id = tracing::field::Empty`), so log lines can be found from a trace and a
 /// trace from a log line. Call it after the span's parent is set.
-pub fn record_trace_id(span: &tracing::Span) {
+pub fn record_trace_id(span: &Span) {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let trace_id = span.context().span().span_context().trace_id();
     if trace_id != opentelemetry::trace::TraceId::INVALID {
         span.record("trace_id", trace_id.to_string());
     }
+}
+
+// Numbers on spans are recorded as i64: the OpenTelemetry layer exports a u64 as text.
+
+/// The producer span of publishing one message to `subject`, named and attributed by
+/// the OpenTelemetry messaging conventions (`publish deliver.{provider}.{route}`).
+/// Its context is written into `headers`, so the consumer's span becomes its child;
+/// lines logged inside it carry the message's `event_id` and `trace_id`.
+pub fn publish_span(subject: &str, headers: &mut async_nats::HeaderMap, body_size: usize) -> Span {
+    let template = topology::subject_template(subject);
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {template}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = subject,
+        messaging.destination.template = template,
+        messaging.message.id = crate::headers::get(Some(headers), crate::headers::NATS_MSG_ID),
+        messaging.message.body.size = body_size as i64,
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        event_id = crate::headers::get(Some(headers), crate::headers::EVENT_ID),
+        trace_id = tracing::field::Empty,
+    );
+    record_trace_id(&span);
+    crate::headers::inject_span(&span, headers);
+    span
+}
+
+/// The consumer span of processing one message that `consumer` pulled, named and
+/// attributed by the OpenTelemetry messaging conventions (`process
+/// ingest.{source}.{event_type}`), a child of the span that published the message.
+/// Lines logged inside it carry `event_id` and `trace_id`.
+pub fn process_span(message: &async_nats::Message, consumer: &str, event_id: &str) -> Span {
+    let subject = message.subject.as_str();
+    let template = topology::subject_template(subject);
+    let span = tracing::info_span!(
+        "process",
+        otel.name = format!("process {template}"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = subject,
+        messaging.destination.template = template,
+        messaging.consumer.group.name = consumer,
+        messaging.message.id = crate::headers::get(message.headers.as_ref(), crate::headers::NATS_MSG_ID),
+        messaging.message.body.size = message.payload.len() as i64,
+        event_id,
+        trace_id = tracing::field::Empty,
+    );
+    crate::headers::set_parent_from(&span, message.headers.as_ref());
+    span
+}
+
+/// Marks `span` (declared with `otel.status_code` and `error.type`) as failed, with
+/// `kind` as a low-cardinality error type (`503`, `timeout`, `mapping`).
+pub fn record_error(span: &Span, kind: &str) {
+    span.record("otel.status_code", "error");
+    span.record("error.type", kind);
 }
 
 /// Installs a subscriber that writes to the test harness's captured output; safe to

@@ -77,6 +77,21 @@ pub fn delivery_consumer(provider: &str) -> String {
 /// Durable consumer name shared by transform replicas.
 pub const TRANSFORM_CONSUMER: &str = "transform";
 
+/// The subject's shape with its variable parts named, e.g. `deliver.{provider}.{route}`:
+/// a low-cardinality name for spans (OpenTelemetry's destination template).
+pub fn subject_template(subject: &str) -> &'static str {
+    let tokens = subject.split('.').count();
+    match subject.split('.').next() {
+        Some("ingest") => "ingest.{source}.{event_type}",
+        Some("deliver") if tokens > 3 => "deliver.{provider}.{route}.{ordering_key}",
+        Some("deliver") => "deliver.{provider}.{route}",
+        Some("dlq") if subject.starts_with("dlq._source.") => "dlq._source.{source}",
+        Some("dlq") => "dlq.{provider}",
+        Some("outcome") => "outcome.{provider}",
+        _ => "other",
+    }
+}
+
 /// Splits `ingest.<source>.<event_type>` into source and event type.
 pub fn parse_ingest_subject(subject: &str) -> Option<(&str, &str)> {
     let rest = subject.strip_prefix("ingest.")?;
@@ -388,6 +403,30 @@ pub fn stream_differences(have: &stream::Config, want: &stream::Config) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_subject_has_a_template_without_its_variable_parts() {
+        let cases = [
+            (
+                ingest_subject("shop", "order.created"),
+                "ingest.{source}.{event_type}",
+            ),
+            (
+                deliver_subject("crm", "orders"),
+                "deliver.{provider}.{route}",
+            ),
+            (
+                ordered_deliver_subject("crm", "orders", "customer-7"),
+                "deliver.{provider}.{route}.{ordering_key}",
+            ),
+            (dlq_subject("crm"), "dlq.{provider}"),
+            (source_dlq_subject("shop"), "dlq._source.{source}"),
+            (outcome_subject("crm"), "outcome.{provider}"),
+        ];
+        for (subject, template) in cases {
+            assert_eq!(subject_template(&subject), template, "{subject}");
+        }
+    }
 
     #[test]
     fn ingest_subjects_split_into_source_and_type() {

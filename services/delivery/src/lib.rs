@@ -56,7 +56,7 @@ use switchyard_core::{
     ratelimit::Limiter,
     secrets::SecretSource,
     shutdown::Shutdown,
-    topology,
+    telemetry, topology,
 };
 use tokio::{sync::watch, task::JoinSet, time::Instant};
 use tracing::Instrument;
@@ -637,19 +637,8 @@ impl Delivery {
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("deliver-{sequence}")),
         };
-        let span = tracing::info_span!(
-            "delivery send",
-            otel.kind = "client",
-            http.request.method = self.target.provider.method.as_str(),
-            url.full = %self.target.provider.url,
-            http.response.status_code = tracing::field::Empty,
-            provider = %self.shared.provider,
-            route = %route,
-            event_id = %event_id,
-            trace_id = tracing::field::Empty,
-            attempt = tracing::field::Empty,
-        );
-        headers::set_parent_from(&span, message_headers);
+        let consumer = topology::delivery_consumer(&self.shared.provider);
+        let span = telemetry::process_span(&message, &consumer, &event_id);
         let work = async {
             if let Some(turn) = &turn {
                 turn.wait().await;
@@ -674,8 +663,6 @@ impl Delivery {
                 );
                 return self.settle(&message, AckKind::Ack).await;
             }
-            let attempt = record.attempts + 1;
-            tracing::Span::current().record("attempt", attempt);
             self.attempt(
                 &message,
                 &idempotency_key,
@@ -742,9 +729,6 @@ impl Delivery {
                 .send(message, idempotency_key, record.attempts + 1)
                 .await;
             verdict = classify(&answer, &self.target.provider.retry);
-        }
-        if let Some(status) = answer.status {
-            tracing::Span::current().record("http.response.status_code", status);
         }
         if let Some((remaining, reset)) = answer.budget {
             self.shared.limiter.limit_until_reset(remaining, reset);
@@ -945,37 +929,39 @@ impl Delivery {
                 put(name, value);
             }
         }
+        let span = self.target.sender.span(attempt - 1);
         let mut trace = HeaderMap::new();
-        headers::inject_current(&mut trace);
+        headers::inject_span(&span, &mut trace);
         for name in ["traceparent", "tracestate"] {
             if let Some(value) = headers::get(Some(&trace), name) {
                 put(name, value);
             }
         }
-        let credentials = match self
-            .target
-            .auth
-            .headers(idempotency_key, &message.payload)
-            .await
-        {
-            Ok(credentials) => credentials,
-            Err(err) => {
-                let answer = Answer {
-                    error: Some(err.to_string()),
-                    not_sent: true,
-                    ..Default::default()
-                };
-                return (answer, reqwest::header::HeaderMap::new());
-            }
-        };
-        extra.extend(credentials.clone());
-        (
-            self.target
-                .sender
-                .send(message.payload.clone(), extra)
-                .await,
-            credentials,
-        )
+        let sent = async {
+            let credentials = match self
+                .target
+                .auth
+                .headers(idempotency_key, &message.payload)
+                .await
+            {
+                Ok(credentials) => credentials,
+                Err(err) => {
+                    let answer = Answer {
+                        error: Some(err.to_string()),
+                        not_sent: true,
+                        ..Default::default()
+                    };
+                    return (answer, reqwest::header::HeaderMap::new());
+                }
+            };
+            extra.extend(credentials.clone());
+            let body = message.payload.clone();
+            (self.target.sender.send(body, extra).await, credentials)
+        }
+        .instrument(span.clone())
+        .await;
+        sent.0.trace(&span);
+        sent
     }
 
     /// Publishes the original with the failure's metadata to `dlq.<provider>` and waits
@@ -1010,19 +996,19 @@ impl Delivery {
         if !answer.excerpt.is_empty() {
             out.insert(headers::RESPONSE_EXCERPT, answer.excerpt.as_str());
         }
-        headers::inject_current(&mut out);
-        self.shared
-            .nats
-            .jetstream
-            .publish_with_headers(
-                topology::dlq_subject(&self.shared.provider),
-                out,
-                message.payload.clone(),
-            )
-            .await
-            .map_err(|err| err.to_string())?
-            .await
-            .map_err(|err| err.to_string())?;
+        let subject = topology::dlq_subject(&self.shared.provider);
+        let span = telemetry::publish_span(&subject, &mut out, message.payload.len());
+        async {
+            self.shared
+                .nats
+                .jetstream
+                .publish_with_headers(subject, out, message.payload.clone())
+                .await?
+                .await
+        }
+        .instrument(span)
+        .await
+        .map_err(|err| err.to_string())?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use async_nats::jetstream;
 use serde::Serialize;
 use switchyard_core::{event, topology};
+use tracing::Instrument;
 
 use crate::breaker::Transition;
 
@@ -85,11 +86,13 @@ impl OutcomeLog {
         let payload = serde_json::to_vec(&record).expect("outcome records serialize");
         let jetstream = self.jetstream.clone();
         let subject = topology::outcome_subject(&self.provider);
-        tokio::spawn(async move {
+        // In the current span, so a failure is logged with the event's ids.
+        let store = async move {
             let stored = async { jetstream.publish(subject, payload.into()).await?.await }.await;
             if let Err(err) = stored {
                 tracing::warn!(error = %err, "outcome record not stored");
             }
-        });
+        };
+        tokio::spawn(store.in_current_span());
     }
 }

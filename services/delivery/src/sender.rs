@@ -14,6 +14,7 @@ use switchyard_core::{
     catalog::{self, Provider, RetryPolicy},
     headers,
     secrets::{ExposeSecret, SecretSource},
+    telemetry,
 };
 
 use crate::Error;
@@ -56,6 +57,26 @@ impl Answer {
             (None, Some(error)) if error.starts_with("timed out") => "timeout",
             (None, Some(error)) if error.starts_with("connection failed") => "connect",
             (None, _) => "other",
+        }
+    }
+
+    /// Records the answer on the request's client span: the status, and for a status
+    /// of 400 or more or no answer at all, an error with its type (`503`, `timeout`).
+    pub fn trace(&self, span: &tracing::Span) {
+        match self.status {
+            Some(status) => {
+                span.record("http.response.status_code", i64::from(status));
+                if status >= 400 {
+                    telemetry::record_error(span, &status.to_string());
+                }
+            }
+            None => telemetry::record_error(
+                span,
+                match self.error_kind() {
+                    "other" => "_OTHER",
+                    kind => kind,
+                },
+            ),
         }
     }
 }
@@ -113,6 +134,8 @@ pub struct Sender {
     client: reqwest::Client,
     method: reqwest::Method,
     url: reqwest::Url,
+    /// The URL without user name or password, for spans.
+    url_shown: String,
     headers: HeaderMap,
 }
 
@@ -153,16 +176,40 @@ impl Sender {
             };
             resolved.insert(header_name, header_value);
         }
+        let url: reqwest::Url = provider
+            .url
+            .parse()
+            .map_err(|err| invalid(format!("url: {err}")))?;
+        let mut shown = url.clone();
+        // Both fail only for URLs that cannot have credentials.
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
         Ok(Self {
             client,
             method: reqwest::Method::from_bytes(provider.method.as_str().as_bytes())
                 .expect("catalog methods are valid"),
-            url: provider
-                .url
-                .parse()
-                .map_err(|err| invalid(format!("url: {err}")))?,
+            url,
+            url_shown: shown.to_string(),
             headers: resolved,
         })
+    }
+
+    /// The client span of one request, by the OpenTelemetry HTTP conventions (named
+    /// after the method); `resends` counts the delivery's earlier attempts.
+    pub fn span(&self, resends: u32) -> tracing::Span {
+        tracing::info_span!(
+            "send",
+            otel.name = self.method.as_str(),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            http.request.method = self.method.as_str(),
+            http.request.resend_count = (resends > 0).then_some(i64::from(resends)),
+            http.response.status_code = tracing::field::Empty,
+            url.full = self.url_shown,
+            server.address = self.url.host_str(),
+            server.port = self.url.port_or_known_default().map(i64::from),
+        )
     }
 
     /// The HTTP client for `provider`: its timeout, no redirects.

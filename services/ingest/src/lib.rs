@@ -20,8 +20,10 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::Body,
+    extract::MatchedPath,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
+    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -36,7 +38,7 @@ use switchyard_core::{
     nats::{self, Nats},
     secrets::SecretSource,
     shutdown::Shutdown,
-    topology,
+    telemetry, topology,
 };
 use tokio::{net::TcpListener, sync::watch};
 use tracing::Instrument;
@@ -104,7 +106,7 @@ fn router(state: Arc<Ingest>) -> Router {
     let counted = Router::new()
         .route("/v1/events/{source}", post(accept_event))
         .route("/webhooks/{source}", post(accept_webhook))
-        .layer(axum::middleware::from_fn(count_request));
+        .layer(axum::middleware::from_fn(observe_request));
     Router::new()
         .merge(counted)
         .route("/healthz", get(|| async { "ok" }))
@@ -137,11 +139,17 @@ pub struct Accepted {
     pub dead_lettered: bool,
 }
 
-/// Counts each request by source, endpoint and status. A source the catalog does not
-/// have is counted as `unknown`, so made-up names cannot grow the label set.
-async fn count_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Traces and counts each request. Its server span follows the OpenTelemetry HTTP
+/// conventions (`POST /v1/events/{source}`) and continues the caller's trace when the
+/// request carries a `traceparent`. A source the catalog does not have is counted as
+/// `unknown`, so made-up names cannot grow the label set.
+async fn observe_request(request: axum::extract::Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_default();
     let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
     let (endpoint, source) = match path.strip_prefix("/v1/events/") {
         Some(source) => ("events", source),
         None => (
@@ -149,21 +157,74 @@ async fn count_request(request: axum::extract::Request, next: axum::middleware::
             path.strip_prefix("/webhooks/").unwrap_or_default(),
         ),
     };
+    let span = server_span(&request, &route, &path, source);
+    headers::set_parent_from_http(&span, request.headers());
+    let source = source.to_owned();
+    let response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    if status.is_server_error() {
+        telemetry::record_error(&span, status.as_str());
+    }
     let source = if status == StatusCode::NOT_FOUND {
-        "unknown"
+        "unknown".to_owned()
     } else {
         source
     };
     metrics::metrics()
         .ingest_requests
         .get_or_create(&IngestLabels {
-            source: source.to_owned(),
+            source,
             endpoint: endpoint.to_owned(),
             status: status.as_u16().to_string(),
         })
         .inc();
     response
+}
+
+/// The server span of one request, by the OpenTelemetry HTTP conventions.
+fn server_span(
+    request: &axum::extract::Request,
+    route: &str,
+    path: &str,
+    source: &str,
+) -> tracing::Span {
+    let text = |name| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+    };
+    tracing::info_span!(
+        "receive",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        url.scheme = "http",
+        url.path = path,
+        server.address = text(header::HOST),
+        user_agent.original = text(header::USER_AGENT),
+        network.protocol.version = protocol_version(request.version()),
+        source = %source,
+        event_type = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    )
+}
+
+/// `network.protocol.version` of a request: `1.1`, `2`, …
+fn protocol_version(version: axum::http::Version) -> &'static str {
+    match version {
+        axum::http::Version::HTTP_09 => "0.9",
+        axum::http::Version::HTTP_10 => "1.0",
+        axum::http::Version::HTTP_2 => "2",
+        axum::http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
 }
 
 async fn accept_event(
@@ -173,32 +234,27 @@ async fn accept_event(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let span = receive_span(&source, &request_headers);
-    async move {
-        let (ready, revision) = admit(&state, &source)?;
-        if ready.api_keys.required() {
-            ready
-                .api_keys
-                .check(&request_headers)
-                .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
-        }
-        let event_type = query.event_type.ok_or_else(|| {
-            Problem::bad_request("the query parameter `type` (the event type) is required")
-        })?;
-        validate_event_type(&event_type).map_err(Problem::bad_request)?;
-        check_content_type(&request_headers)?;
-        let body = read_body(body, &request_headers, state.max_body_bytes).await?;
-        let document = parse_json(&body)?;
-        let key = idempotency_key(
-            request_headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok()),
-            "the Idempotency-Key header",
-        )?;
-        store(&state, &ready, revision, &event_type, key, body, &document).await
+    let (ready, revision) = admit(&state, &source)?;
+    if ready.api_keys.required() {
+        ready
+            .api_keys
+            .check(&request_headers)
+            .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
     }
-    .instrument(span)
-    .await
+    let event_type = query.event_type.ok_or_else(|| {
+        Problem::bad_request("the query parameter `type` (the event type) is required")
+    })?;
+    validate_event_type(&event_type).map_err(Problem::bad_request)?;
+    check_content_type(&request_headers)?;
+    let body = read_body(body, &request_headers, state.max_body_bytes).await?;
+    let document = parse_json(&body)?;
+    let key = idempotency_key(
+        request_headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok()),
+        "the Idempotency-Key header",
+    )?;
+    store(&state, &ready, revision, &event_type, key, body, &document).await
 }
 
 async fn accept_webhook(
@@ -208,71 +264,51 @@ async fn accept_webhook(
     request_headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Problem> {
-    let span = receive_span(&source, &request_headers);
-    async move {
-        let (ready, revision) = admit(&state, &source)?;
-        let (Some(webhook), Some(verifier)) = (&ready.config.webhook, &ready.verifier) else {
-            return Err(Problem::not_a_webhook_source(&source));
-        };
-        check_content_type(&request_headers)?;
-        let body = read_body(body, &request_headers, state.max_body_bytes).await?;
-        // The raw bytes are verified before anything parses them.
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        verifier
-            .verify(&request_headers, &body, now)
-            .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
-        let document = parse_json(&body)?;
-        let from = webhook
-            .event_type
-            .clone()
-            .or_else(|| webhook.verify.default_event_type());
-        let event_type = from
-            .as_ref()
-            .and_then(|from| sources::extract(from, &request_headers, &document))
-            .or(query.event_type)
-            .map(|name| sources::normalize_event_type(&name))
-            .ok_or_else(|| {
-                Problem::bad_request(match &from {
-                    Some(from) => format!(
-                        "the event type was not found in {}",
-                        sources::describe(from)
-                    ),
-                    None => "the query parameter `type` (the event type) is required".to_owned(),
-                })
-            })?;
-        validate_event_type(&event_type).map_err(Problem::bad_request)?;
-        let from = webhook
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| webhook.verify.default_idempotency_key());
-        let key = match sources::extract(&from, &request_headers, &document) {
-            Some(key) => idempotency_key(Some(&key), &sources::describe(&from))?,
-            None => idempotency_key(
-                request_headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok()),
-                "the Idempotency-Key header",
-            )?,
-        };
-        store(&state, &ready, revision, &event_type, key, body, &document).await
-    }
-    .instrument(span)
-    .await
-}
-
-/// The span of one request; it continues the caller's trace when the request carries
-/// a `traceparent`.
-fn receive_span(source: &str, request: &HeaderMap) -> tracing::Span {
-    let span = tracing::info_span!(
-        "ingest receive",
-        otel.kind = "server",
-        source = %source,
-        event_type = tracing::field::Empty,
-        event_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    );
-    headers::set_parent_from_http(&span, request);
-    span
+    let (ready, revision) = admit(&state, &source)?;
+    let (Some(webhook), Some(verifier)) = (&ready.config.webhook, &ready.verifier) else {
+        return Err(Problem::not_a_webhook_source(&source));
+    };
+    check_content_type(&request_headers)?;
+    let body = read_body(body, &request_headers, state.max_body_bytes).await?;
+    // The raw bytes are verified before anything parses them.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    verifier
+        .verify(&request_headers, &body, now)
+        .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
+    let document = parse_json(&body)?;
+    let from = webhook
+        .event_type
+        .clone()
+        .or_else(|| webhook.verify.default_event_type());
+    let event_type = from
+        .as_ref()
+        .and_then(|from| sources::extract(from, &request_headers, &document))
+        .or(query.event_type)
+        .map(|name| sources::normalize_event_type(&name))
+        .ok_or_else(|| {
+            Problem::bad_request(match &from {
+                Some(from) => format!(
+                    "the event type was not found in {}",
+                    sources::describe(from)
+                ),
+                None => "the query parameter `type` (the event type) is required".to_owned(),
+            })
+        })?;
+    validate_event_type(&event_type).map_err(Problem::bad_request)?;
+    let from = webhook
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| webhook.verify.default_idempotency_key());
+    let key = match sources::extract(&from, &request_headers, &document) {
+        Some(key) => idempotency_key(Some(&key), &sources::describe(&from))?,
+        None => idempotency_key(
+            request_headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok()),
+            "the Idempotency-Key header",
+        )?,
+    };
+    store(&state, &ready, revision, &event_type, key, body, &document).await
 }
 
 /// Finds the source and takes one request from its rate limit.
@@ -456,30 +492,30 @@ async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<
             topology::source_dlq_subject(event.source)
         }
     };
-    headers::inject_current(&mut message_headers);
-
-    let publish_span = tracing::info_span!("ingest publish", otel.kind = "producer", messaging.destination.name = %subject);
+    let span = telemetry::publish_span(&subject, &mut message_headers, event.body.len());
     let stored = async {
         nats.jetstream
             .publish_with_headers(subject, message_headers, event.body)
             .await?
             .await
-    }
-    .instrument(publish_span);
-    let ack = match tokio::time::timeout(timeout, stored).await {
+    };
+    let ack = match tokio::time::timeout(timeout, stored.instrument(span.clone())).await {
         Ok(Ok(ack)) => ack,
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, event_id, "event could not be stored");
+            telemetry::record_error(&span, "publish");
+            span.in_scope(|| tracing::warn!(error = %err, "event could not be stored"));
             return Err(
                 "the event could not be stored durably; it was not accepted, retry later".into(),
             );
         }
         Err(_) => {
-            tracing::warn!(
-                event_id,
-                timeout_ms = timeout.as_millis() as u64,
-                "storing the event timed out"
-            );
+            telemetry::record_error(&span, "timeout");
+            span.in_scope(|| {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "storing the event timed out"
+                )
+            });
             return Err(format!(
                 "the event was not stored within {}ms; it was not accepted, retry later",
                 timeout.as_millis()
@@ -487,7 +523,7 @@ async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<
         }
     };
     if ack.duplicate {
-        tracing::info!(event_id, "duplicate idempotency key; not published again");
+        span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
     } else {
         metrics::metrics()
             .events_published

@@ -29,7 +29,7 @@ use switchyard_core::{
     consumer::Subscription,
     event, headers, nats,
     shutdown::Shutdown,
-    topology,
+    telemetry, topology,
 };
 use tokio::{sync::watch, task::JoinSet};
 use tracing::Instrument;
@@ -197,22 +197,11 @@ impl Transform {
             }
         };
         let event_id = event::event_id(message.headers.as_ref(), sequence, published);
-        let span = tracing::info_span!(
-            "transform process",
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.destination.name = %message.subject,
-            messaging.message.id = %event_id,
-            event_id = %event_id,
-            trace_id = tracing::field::Empty,
-            routes = tracing::field::Empty,
-        );
-        headers::set_parent_from(&span, message.headers.as_ref());
+        let span = telemetry::process_span(&message, topology::TRANSFORM_CONSUMER, &event_id);
         let routing = self.routing.clone();
         Some(async move {
             let outputs =
                 span.in_scope(|| outputs(&routing, &message, &event_id, sequence, published));
-            span.record("routes", outputs.len());
             Mapped {
                 message,
                 event_id,
@@ -290,8 +279,7 @@ pub(crate) async fn publish(
         body,
         ..
     } = output;
-    let span = tracing::info_span!("transform publish", otel.kind = "producer", messaging.destination.name = %subject);
-    headers::inject_span(&span, &mut headers);
+    let span = telemetry::publish_span(&subject, &mut headers, body.len());
     jetstream
         .publish_with_headers(subject, headers, body)
         .instrument(span)
