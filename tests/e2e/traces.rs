@@ -6,6 +6,7 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -111,7 +112,26 @@ fn spawn(
 
 struct Services {
     ingest_url: String,
-    _children: Vec<Child>,
+    children: Vec<Child>,
+}
+
+impl Services {
+    /// Stops the services and returns the JSON lines they logged.
+    async fn log_lines(self) -> Vec<serde_json::Value> {
+        let mut lines = Vec::new();
+        for mut child in self.children {
+            child.start_kill().unwrap();
+            let output = child.wait_with_output().await.unwrap();
+            for line in String::from_utf8_lossy(&output.stdout).lines() {
+                lines.push(
+                    serde_json::from_str(line).unwrap_or_else(|err| {
+                        panic!("a log line that is not JSON ({err}): {line}")
+                    }),
+                );
+            }
+        }
+        lines
+    }
 }
 
 async fn start_services(
@@ -128,6 +148,7 @@ async fn start_services(
     let children = vec![
         spawn("switchyard-ingest", settings, otlp)
             .env("SWITCHYARD__INGEST__LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
         spawn("switchyard-transform", settings, otlp)
@@ -135,6 +156,7 @@ async fn start_services(
             .unwrap(),
         spawn("switchyard-delivery", settings, otlp)
             .args(["--provider", "crm"])
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     ];
@@ -146,7 +168,7 @@ async fn start_services(
     .await;
     Services {
         ingest_url,
-        _children: children,
+        children,
     }
 }
 
@@ -341,5 +363,32 @@ async fn one_event_is_one_trace_across_ingest_transform_and_delivery_processes()
             assert_ne!(status.code, StatusCode::Error as i32);
             assert_eq!(number(a, "http.request.resend_count"), Some(1));
         }
+    }
+
+    // Every line about the event carries its ids; its payload is in none.
+    let lines = services.log_lines().await;
+    let about_event: Vec<_> = lines
+        .iter()
+        .filter(|line| line.to_string().contains(&event_id))
+        .collect();
+    assert!(
+        about_event
+            .iter()
+            .any(|line| line["message"] == "attempt failed; will retry"),
+        "the failed attempt is logged: {lines:#?}"
+    );
+    for line in &about_event {
+        let spans = line["spans"]
+            .as_array()
+            .expect("lines about an event are in its spans");
+        let has = |field: &str, value: &str| spans.iter().any(|span| span[field] == value);
+        assert!(has("event_id", &event_id), "{line}");
+        assert!(has("trace_id", caller_trace), "{line}");
+    }
+    for line in &lines {
+        assert!(
+            !line.to_string().contains("Shop.Example"),
+            "a payload in the log: {line}"
+        );
     }
 }
