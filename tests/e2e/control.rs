@@ -340,12 +340,8 @@ async fn a_python_client_generated_from_the_proto_drives_the_api() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stdout = switchyard_tests::succeeded("the Python client", output);
+    let seen: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         seen["plan"],
         serde_json::json!([["python-made@1", "CHANGE_ACTION_CREATE"]])
@@ -408,12 +404,8 @@ async fn deletes_refuse_what_is_still_referred_to() {
         .output()
         .await
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("deleted route orders"));
+    let stdout = switchyard_tests::succeeded("syctl delete route", output);
+    assert!(stdout.contains("deleted route orders"), "{stdout}");
     control
         .delete_resource(delete(ResourceKind::Mapping, "order-to-contact@1"))
         .await
@@ -432,16 +424,7 @@ async fn deletes_refuse_what_is_still_referred_to() {
 /// `buf curl` from the Buf CLI (`make buf` unpacks it), a client that knows nothing
 /// of Switchyard but what server reflection tells it, as grpcurl.
 fn buf_curl() -> std::process::Command {
-    let path = std::env::var_os("BUF_BIN").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/tools/buf"),
-        std::path::PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} is missing: run `make buf`",
-        path.display()
-    );
-    let mut command = std::process::Command::new(path);
+    let mut command = std::process::Command::new(switchyard_tests::tool("buf"));
     command.args(["curl", "--protocol", "grpc", "--http2-prior-knowledge"]);
     command
 }

@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod chaos;
+mod chart;
 mod control;
 mod dead_letters;
 mod delivery;

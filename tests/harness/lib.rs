@@ -100,6 +100,38 @@ pub fn syctl() -> std::path::PathBuf {
     binary("syctl")
 }
 
+/// A third-party tool the Makefile unpacks into `target/tools` (`buf`, `helm`), or the
+/// path in `<NAME>_BIN`; fails naming the `make` target that fetches it.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(format!("{}_BIN", name.to_uppercase())).map_or_else(
+        || {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/tools")
+                .join(name)
+        },
+        std::path::PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "{} is missing: run `make {name}`",
+        path.display()
+    );
+    path
+}
+
+/// The standard output of a finished command; fails with `what` and everything the
+/// command printed unless it exited with success.
+pub fn succeeded(what: &str, output: std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
 /// The service binary `name` (`switchyard-delivery`, …) as a child process configured
 /// like `settings` through `SWITCHYARD__*` variables, with its admin port on any free
 /// port; it is killed when dropped.

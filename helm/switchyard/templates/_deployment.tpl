@@ -1,7 +1,8 @@
 {{/*
 One Deployment of a Switchyard service. Arguments (a dict):
-  root, component, replicas, command (list), resources, port (optional),
-  probe ("http" or "grpc", optional), env (list, optional), checksum
+  root, component, command (list), resources,
+  replicas (omitted when autoscaled), port and portName (optional),
+  secrets (list of { secretName, items }, optional), strategy (optional)
 */}}
 {{- define "switchyard.deployment" -}}
 {{- $root := .root -}}
@@ -13,7 +14,13 @@ metadata:
     {{- include "switchyard.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .component }}
 spec:
+  {{- if hasKey . "replicas" }}
   replicas: {{ .replicas }}
+  {{- end }}
+  {{- with .strategy }}
+  strategy:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
   selector:
     matchLabels:
       {{- include "switchyard.selector" (dict "root" $root "component" .component) | nindent 6 }}
@@ -23,10 +30,17 @@ spec:
         {{- include "switchyard.selector" (dict "root" $root "component" .component) | nindent 8 }}
       annotations:
         checksum/settings: {{ include "switchyard.settings" $root | sha256sum }}
+        {{- with $root.Values.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
     spec:
+      automountServiceAccountToken: false
       securityContext:
         {{- include "switchyard.podSecurityContext" $root | nindent 8 }}
-      terminationGracePeriodSeconds: 60
+      terminationGracePeriodSeconds: {{ $root.Values.terminationGracePeriodSeconds }}
+      {{- with include "switchyard.placement" $root }}
+      {{- . | nindent 6 }}
+      {{- end }}
       containers:
         - name: {{ .component }}
           image: {{ include "switchyard.image" $root }}
@@ -36,29 +50,35 @@ spec:
           env:
             - name: SWITCHYARD_CONFIG
               value: /etc/switchyard/switchyard.yaml
-            {{- with .env }}
-            {{- toYaml . | nindent 12 }}
+            - name: POD_NAME
+              valueFrom: { fieldRef: { fieldPath: metadata.name } }
+            - name: POD_NAMESPACE
+              valueFrom: { fieldRef: { fieldPath: metadata.namespace } }
+            {{- with $root.Values.telemetry.otlpEndpoint }}
+            - name: OTEL_EXPORTER_OTLP_ENDPOINT
+              value: {{ . | quote }}
             {{- end }}
-          {{- if .port }}
+            - name: OTEL_TRACES_SAMPLER
+              value: {{ $root.Values.telemetry.tracesSampler | quote }}
+            - name: OTEL_TRACES_SAMPLER_ARG
+              value: {{ $root.Values.telemetry.tracesSamplerArg | quote }}
+            - name: OTEL_RESOURCE_ATTRIBUTES
+              value: "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE)"
           ports:
-            - name: {{ if eq .probe "grpc" }}grpc{{ else }}http{{ end }}
+            {{- if .port }}
+            - name: {{ .portName }}
               containerPort: {{ .port }}
-          {{- end }}
-          {{- if eq .probe "http" }}
+            {{- end }}
+            - name: admin
+              containerPort: {{ $root.Values.adminPort }}
           livenessProbe:
-            httpGet: { path: /healthz, port: {{ .port }} }
+            httpGet: { path: /healthz, port: admin }
             periodSeconds: 10
+            failureThreshold: 3
           readinessProbe:
-            httpGet: { path: /readyz, port: {{ .port }} }
+            httpGet: { path: /readyz, port: admin }
             periodSeconds: 5
-          {{- else if eq .probe "grpc" }}
-          livenessProbe:
-            grpc: { port: {{ .port }} }
-            periodSeconds: 10
-          readinessProbe:
-            grpc: { port: {{ .port }} }
-            periodSeconds: 5
-          {{- end }}
+            failureThreshold: 2
           resources:
             {{- toYaml .resources | nindent 12 }}
           securityContext:
@@ -69,10 +89,42 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
+            {{- if .secrets }}
+            - name: secrets
+              mountPath: /run/secrets/switchyard
+              readOnly: true
+            {{- end }}
+            {{- if $root.Values.nats.credentials.secretName }}
+            - name: nats-credentials
+              mountPath: /etc/switchyard-nats
+              readOnly: true
+            {{- end }}
       volumes:
         - name: settings
           configMap:
             name: {{ include "switchyard.fullname" $root }}-settings
         - name: tmp
           emptyDir: {}
+        {{- with .secrets }}
+        - name: secrets
+          projected:
+            sources:
+              {{- range . }}
+              - secret:
+                  name: {{ .secretName }}
+                  {{- with .items }}
+                  items:
+                    {{- toYaml . | nindent 20 }}
+                  {{- end }}
+              {{- end }}
+        {{- end }}
+        {{- with $root.Values.nats.credentials }}
+        {{- if .secretName }}
+        - name: nats-credentials
+          secret:
+            secretName: {{ .secretName }}
+            items:
+              - { key: {{ .key }}, path: nats.creds }
+        {{- end }}
+        {{- end }}
 {{- end -}}

@@ -3,7 +3,13 @@
 //! Connecting retries until `nats.connect_timeout` so services can start before NATS
 //! is ready; once connected, the client reconnects forever and logs each change.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_nats::{Client, ConnectOptions, Event, jetstream};
 
@@ -26,18 +32,32 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
         .unwrap_or_else(|| format!("switchyard-{service}"));
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
     let mut delay = Duration::from_millis(100);
+    // Kept current by the connection's events; `/readyz` reads it.
+    let up = Arc::new(AtomicBool::new(false));
     let client = loop {
+        let events_up = up.clone();
         let mut options = ConnectOptions::new()
             .name(&name)
             .max_reconnects(None)
             .connection_timeout(settings.connect_timeout.min(Duration::from_secs(5)))
             .request_timeout(Some(settings.request_timeout))
-            .event_callback(|event| async move {
-                match event {
-                    Event::Connected => tracing::info!("NATS connection restored"),
-                    Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-                    Event::ClientError(err) => tracing::warn!(error = %err, "NATS client error"),
-                    other => tracing::debug!(event = %other, "NATS event"),
+            .event_callback(move |event| {
+                let up = events_up.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            up.store(true, Ordering::Relaxed);
+                            tracing::info!("NATS connection restored");
+                        }
+                        Event::Disconnected => {
+                            up.store(false, Ordering::Relaxed);
+                            tracing::warn!("NATS connection lost; reconnecting");
+                        }
+                        Event::ClientError(err) => {
+                            tracing::warn!(error = %err, "NATS client error")
+                        }
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
                 }
             });
         if let Some(file) = &settings.credentials_file {
@@ -60,6 +80,8 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
             }
         }
     };
+    up.store(true, Ordering::Relaxed);
+    crate::admin::watch(&up);
     let jetstream = jetstream::ContextBuilder::new()
         .timeout(settings.request_timeout)
         .build(client.clone());

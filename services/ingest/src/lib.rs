@@ -110,15 +110,8 @@ fn router(state: Arc<Ingest>) -> Router {
     Router::new()
         .merge(counted)
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(ready))
+        .route("/readyz", get(switchyard_core::admin::ready))
         .with_state(state)
-}
-
-async fn ready(State(state): State<Arc<Ingest>>) -> Response {
-    match state.nats.client.connection_state() {
-        async_nats::connection::State::Connected => "ready".into_response(),
-        other => (StatusCode::SERVICE_UNAVAILABLE, format!("NATS is {other}")).into_response(),
-    }
 }
 
 #[derive(Debug, Deserialize)]
