@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod pipeline;
+pub mod processes;
 mod provider;
 pub mod workload;
 
@@ -56,11 +57,12 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     PROFILE_DIR
         .get_or_init(|| {
             let exe = std::env::current_exe().expect("the test binary's path");
-            // target/<profile>/deps/e2e-<hash> → target/<profile>
-            let profile_dir = exe
-                .parent()
-                .and_then(std::path::Path::parent)
-                .expect("a target directory");
+            // A test: target/<profile>/deps/e2e-<hash>; a harness binary such as
+            // switchyard-bench: target/<profile>/switchyard-bench.
+            let mut profile_dir = exe.parent().expect("a target directory");
+            if profile_dir.ends_with("deps") {
+                profile_dir = profile_dir.parent().expect("a target directory");
+            }
             let target_dir = profile_dir.parent().expect("a target directory");
             let mut build = std::process::Command::new(env!("CARGO"));
             build

@@ -1,0 +1,483 @@
+//! End to end: HTTP ingest → transform with the 20-field VRL mapping → delivery to a
+//! local HTTP sink, each service its own release-built process, against raw JetStream
+//! baselines measured on the same kind of server in the same run.
+//!
+//! - Raw publish: one client stores the events with pipelined publish acks.
+//! - Raw 3-hop relay: that publisher plus three consume→republish relays in a chain,
+//!   timed until the last stream holds every event: the least any three-step
+//!   pipeline on JetStream does (Switchyard's are ingest, transform and delivery).
+//! - Ingest alone: HTTP clients posting events, timed until every 202.
+//! - End to end at the highest rate: HTTP clients as fast as ingest answers, timed
+//!   from the first request until the sink holds every event.
+//! - End to end at a fixed 1,000 events/s, open loop: latency from sending the request
+//!   to ingest until the sink receives the delivery (p50, p99, p99.9).
+//!
+//! Peak RSS (VmHWM) and CPU time per event come from `/proc` for each service.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, pull},
+    stream,
+};
+use futures::{StreamExt, stream::FuturesUnordered};
+use serde_json::{Value, json};
+use switchyard_tests::{
+    TestNats,
+    processes::{Process, Processes},
+    workload,
+};
+use tokio::net::TcpListener;
+
+/// Requests in flight of the closed-loop HTTP clients.
+const HTTP_CONCURRENCY: usize = 64;
+/// Publishes in flight of the raw publisher and each relay: as many as transform
+/// allows itself (`transform.max_in_flight`).
+fn pipeline() -> usize {
+    switchyard_core::config::Settings::default()
+        .transform
+        .max_in_flight
+}
+
+/// The workload payload with a unique, fixed-width id, so the sink can tell events
+/// apart and every body has the same size.
+fn body(index: u64) -> Vec<u8> {
+    let template = workload::payload();
+    let text = String::from_utf8(template).expect("UTF-8");
+    text.replacen("ord_01HZX3Y8Q2", &format!("ord_{index:010}"), 1)
+        .into_bytes()
+}
+
+fn id_of(index: u64) -> String {
+    format!("ord_{index:010}")
+}
+
+/// Stores `events` payloads on `subject` with [`pipeline`] publish acks in flight.
+pub async fn publish(
+    jetstream: &jetstream::Context,
+    subject: &str,
+    events: u64,
+) -> anyhow::Result<()> {
+    let mut acks = FuturesUnordered::new();
+    for i in 0..events {
+        if acks.len() >= pipeline() {
+            acks.next().await.expect("an ack")?;
+        }
+        let ack = jetstream
+            .publish(subject.to_owned(), body(i).into())
+            .await?;
+        acks.push(ack.into_future());
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    Ok(())
+}
+
+/// Moves `events` messages from stream `from` to `to_subject`: consume, republish
+/// with the ack awaited, ack.
+pub async fn relay(
+    jetstream: jetstream::Context,
+    from: &str,
+    to_subject: String,
+    events: u64,
+) -> anyhow::Result<()> {
+    let consumer = jetstream
+        .get_stream(from)
+        .await?
+        .create_consumer(pull::Config {
+            durable_name: Some(format!("relay-{from}")),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: i64::try_from(pipeline() * 2)?,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(256)
+        .messages()
+        .await?;
+    let mut in_flight = FuturesUnordered::new();
+    let mut relayed = 0;
+    while relayed < events {
+        tokio::select! {
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                let (message, ack): (jetstream::Message, Result<_, _>) = done;
+                ack.context("publish ack")?;
+                message.ack().await.map_err(|err| anyhow::anyhow!("ack: {err}"))?;
+                relayed += 1;
+            }
+            Some(message) = messages.next(), if in_flight.len() < pipeline() => {
+                let message = message?;
+                let ack = jetstream
+                    .publish(to_subject.clone(), message.payload.clone())
+                    .await?;
+                in_flight.push(async move { (message, ack.await) });
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn file_streams(jetstream: &jetstream::Context, names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        jetstream
+            .create_stream(stream::Config {
+                name: (*name).into(),
+                subjects: vec![format!("{}.>", name.to_lowercase())],
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn messages(jetstream: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
+    Ok(jetstream
+        .get_stream(stream)
+        .await?
+        .info()
+        .await?
+        .state
+        .messages)
+}
+
+/// The raw acked publish rate.
+pub async fn raw_publish(events: u64) -> anyhow::Result<f64> {
+    let nats = TestNats::start().await?;
+    let jetstream = jetstream::new(async_nats::connect(nats.url()).await?);
+    file_streams(&jetstream, &["PUB"]).await?;
+    let started = Instant::now();
+    publish(&jetstream, "pub.order", events).await?;
+    Ok(events as f64 / started.elapsed().as_secs_f64())
+}
+
+/// The raw 3-hop relay rate: publisher and three relays at once.
+pub async fn raw_three_hops(events: u64) -> anyhow::Result<f64> {
+    let nats = TestNats::start().await?;
+    let jetstream = jetstream::new(async_nats::connect(nats.url()).await?);
+    let hops = ["HOP0", "HOP1", "HOP2", "HOP3"];
+    file_streams(&jetstream, &hops).await?;
+    let started = Instant::now();
+    let mut relays = Vec::new();
+    for pair in hops.windows(2) {
+        relays.push(tokio::spawn(relay(
+            jetstream.clone(),
+            pair[0],
+            format!("{}.order", pair[1].to_lowercase()),
+            events,
+        )));
+    }
+    publish(&jetstream, "hop0.order", events).await?;
+    while messages(&jetstream, "HOP3").await? < events {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    for relay in relays {
+        relay.await??;
+    }
+    Ok(events as f64 / elapsed.as_secs_f64())
+}
+
+/// What the sink received: when each event id first arrived, and how many requests.
+#[derive(Default)]
+struct Sink {
+    first: Mutex<HashMap<String, Instant>>,
+    requests: AtomicU64,
+}
+
+async fn start_sink() -> anyhow::Result<(SocketAddr, Arc<Sink>)> {
+    let sink = Arc::new(Sink::default());
+    let state = sink.clone();
+    let app = axum::Router::new().route(
+        "/orders",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = state.clone();
+            async move {
+                let at = Instant::now();
+                sink.requests.fetch_add(1, Ordering::Relaxed);
+                let value: Value = serde_json::from_slice(&body).unwrap_or_default();
+                if let Some(id) = value["external_id"].as_str() {
+                    sink.first
+                        .lock()
+                        .expect("sink")
+                        .entry(id.to_owned())
+                        .or_insert(at);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((address, sink))
+}
+
+/// The services as processes, and the sink their deliveries go to.
+struct Stack {
+    processes: Processes,
+    ingest: String,
+    sink: Arc<Sink>,
+}
+
+impl Stack {
+    async fn start(names: &[&'static str]) -> anyhow::Result<Self> {
+        let (sink_address, sink) = start_sink().await?;
+        let program = workload::PROGRAM.replace('\n', "\n      ");
+        let catalog = format!(
+            r#"
+sources:
+  - name: shop
+providers:
+  - name: sink
+    url: http://{sink_address}/orders
+    max_in_flight: 256
+mappings:
+  - name: order
+    version: 1
+    program: |
+      {program}
+routes:
+  - name: orders
+    source: shop
+    event_types: ["order.*"]
+    mapping: order@1
+    provider: sink
+"#
+        );
+        let processes = Processes::start(&catalog, names).await?;
+        let stack = Self {
+            ingest: format!("{}/v1/events/shop?type=order.created", processes.ingest_url),
+            processes,
+            sink,
+        };
+        stack.warm_up().await?;
+        Ok(stack)
+    }
+
+    /// Waits until ingest answers and, with delivery running, one event went through.
+    async fn warm_up(&self) -> anyhow::Result<()> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let delivering = self
+            .processes
+            .services()
+            .iter()
+            .any(|s| s.name == "delivery");
+        loop {
+            let sent = client
+                .post(&self.ingest)
+                .header("content-type", "application/json")
+                // One event however often it is sent, so the sink's count stays exact.
+                .header("idempotency-key", "warm-up")
+                .body(body(u64::MAX / 2))
+                .send()
+                .await;
+            let accepted = sent.is_ok_and(|r| r.status().is_success());
+            if accepted && (!delivering || self.sink.requests.load(Ordering::Relaxed) > 0) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the services did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn cpu(&self) -> Vec<Duration> {
+        self.processes.services().iter().map(Process::cpu).collect()
+    }
+
+    fn report(&self, cpu_before: &[Duration], events: u64) -> Value {
+        let mut report = serde_json::Map::new();
+        for (service, before) in self.processes.services().iter().zip(cpu_before) {
+            let cpu = service.cpu().saturating_sub(*before);
+            report.insert(
+                service.name.to_owned(),
+                json!({
+                    "peak_rss_mib": service.peak_rss() as f64 / (1024.0 * 1024.0),
+                    "cpu_us_per_event": cpu.as_secs_f64() * 1e6 / events as f64,
+                }),
+            );
+        }
+        Value::Object(report)
+    }
+
+    /// Posts `events` events from `HTTP_CONCURRENCY` clients, each waiting for its
+    /// answer; a 503 (back-pressure) is retried. Returns when each request was sent.
+    async fn post_closed_loop(&self, first: u64, events: u64) -> anyhow::Result<Vec<Instant>> {
+        let client = reqwest::Client::new();
+        let next = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..HTTP_CONCURRENCY {
+            let (client, next, url) = (client.clone(), next.clone(), self.ingest.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut sent = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= events {
+                        return anyhow::Ok(sent);
+                    }
+                    let at = Instant::now();
+                    loop {
+                        let answer = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body(first + i))
+                            .send()
+                            .await?;
+                        match answer.status().as_u16() {
+                            202 => break,
+                            503 => tokio::time::sleep(Duration::from_millis(10)).await,
+                            other => anyhow::bail!("ingest answered {other}"),
+                        }
+                    }
+                    sent.push((i, at));
+                }
+            }));
+        }
+        let mut times = vec![Instant::now(); usize::try_from(events)?];
+        for task in tasks {
+            for (i, at) in task.await?? {
+                times[usize::try_from(i)?] = at;
+            }
+        }
+        Ok(times)
+    }
+
+    /// Posts one event every `1/rate` seconds for `events` events, not waiting for
+    /// answers before sending the next. Returns when each request was due.
+    async fn post_open_loop(
+        &self,
+        first: u64,
+        events: u64,
+        rate: u64,
+    ) -> anyhow::Result<Vec<Instant>> {
+        let client = reqwest::Client::new();
+        let start = Instant::now() + Duration::from_millis(50);
+        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        let mut requests = FuturesUnordered::new();
+        let mut times = Vec::with_capacity(usize::try_from(events)?);
+        for i in 0..events {
+            let due = start + period * u32::try_from(i)?;
+            tokio::time::sleep_until(due.into()).await;
+            times.push(due);
+            let request = client
+                .post(&self.ingest)
+                .header("content-type", "application/json")
+                .body(body(first + i))
+                .send();
+            requests.push(request);
+            // Collect finished answers without waiting for any.
+            while let Some(Some(answer)) = futures::FutureExt::now_or_never(requests.next()) {
+                anyhow::ensure!(answer?.status() == 202, "ingest refused an event");
+            }
+        }
+        while let Some(answer) = requests.next().await {
+            anyhow::ensure!(answer?.status() == 202, "ingest refused an event");
+        }
+        Ok(times)
+    }
+
+    /// Waits until the sink holds `count` distinct events; the time the last arrived.
+    async fn delivered(&self, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            // The warm-up event is one of them.
+            if self.sink.first.lock().expect("sink").len() > count {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "not every event was delivered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Receipt minus send time of events `first..first + sent.len()`, sorted.
+    fn latencies(&self, first: u64, sent: &[Instant]) -> Vec<Duration> {
+        let received = self.sink.first.lock().expect("sink");
+        let mut latencies: Vec<Duration> = sent
+            .iter()
+            .enumerate()
+            .map(|(i, at)| received[&id_of(first + i as u64)].saturating_duration_since(*at))
+            .collect();
+        latencies.sort();
+        latencies
+    }
+
+    fn last_receipt(&self) -> Instant {
+        *self
+            .sink
+            .first
+            .lock()
+            .expect("sink")
+            .values()
+            .max()
+            .expect("receipts")
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+/// Ingest alone: HTTP events per second, every one stored.
+pub async fn ingest_only(events: u64) -> anyhow::Result<(f64, Value)> {
+    let stack = Stack::start(&["ingest"]).await?;
+    let before = stack.cpu();
+    let started = Instant::now();
+    stack.post_closed_loop(0, events).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, stack.report(&before, events)))
+}
+
+/// The whole pipeline at its highest rate, then at `fixed_rate` for `fixed_events`.
+pub async fn end_to_end(events: u64, fixed_rate: u64, fixed_events: u64) -> anyhow::Result<Value> {
+    let stack = Stack::start(&["ingest", "transform", "delivery"]).await?;
+
+    let before = stack.cpu();
+    let sent = stack.post_closed_loop(0, events).await?;
+    stack.delivered(usize::try_from(events)?).await?;
+    let rate = events as f64 / (stack.last_receipt() - sent[0]).as_secs_f64();
+    let max = stack.latencies(0, &sent);
+    let max_services = stack.report(&before, events);
+
+    let before = stack.cpu();
+    let sent = stack
+        .post_open_loop(events, fixed_events, fixed_rate)
+        .await?;
+    stack
+        .delivered(usize::try_from(events + fixed_events)?)
+        .await?;
+    let fixed = stack.latencies(events, &sent);
+    let fixed_services = stack.report(&before, fixed_events);
+    let requests = stack.sink.requests.load(Ordering::Relaxed);
+    let distinct = stack.sink.first.lock().expect("sink").len() as u64;
+
+    Ok(json!({
+        "max": {
+            "events": events,
+            "events_per_second": rate,
+            "latency_ms": { "p50": percentile(&max, 50.0), "p99": percentile(&max, 99.0), "p99_9": percentile(&max, 99.9) },
+            "services": max_services,
+        },
+        "fixed": {
+            "events": fixed_events,
+            "events_per_second": fixed_rate,
+            "latency_ms": { "p50": percentile(&fixed, 50.0), "p99": percentile(&fixed, 99.0), "p99_9": percentile(&fixed, 99.9) },
+            "services": fixed_services,
+        },
+        "sink_requests": requests,
+        "sink_distinct_events": distinct,
+    }))
+}
