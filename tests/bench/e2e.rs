@@ -19,7 +19,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -38,6 +38,8 @@ use switchyard_tests::{
     workload,
 };
 use tokio::net::TcpListener;
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 /// Requests in flight of the closed-loop HTTP clients.
 const HTTP_CONCURRENCY: usize = 64;
@@ -305,7 +307,7 @@ routes:
             report.insert(
                 service.name.to_owned(),
                 json!({
-                    "peak_rss_mib": service.peak_rss() as f64 / (1024.0 * 1024.0),
+                    "peak_rss_mib": service.peak_rss() as f64 / MIB,
                     "cpu_us_per_event": cpu.as_secs_f64() * 1e6 / events as f64,
                 }),
             );
@@ -477,6 +479,89 @@ pub async fn end_to_end(events: u64, fixed_rate: u64, fixed_events: u64) -> anyh
             "latency_ms": { "p50": percentile(&fixed, 50.0), "p99": percentile(&fixed, 99.0), "p99_9": percentile(&fixed, 99.9) },
             "services": fixed_services,
         },
+        "sink_requests": requests,
+        "sink_distinct_events": distinct,
+    }))
+}
+
+/// RSS of every service, sampled while a soak runs.
+struct Samples {
+    /// Seconds since the start, and the RSS in bytes of each service.
+    rows: Vec<(f64, Vec<u64>)>,
+}
+
+impl Samples {
+    /// Mean RSS of service `index` over samples taken in `from..to` seconds.
+    fn mean(&self, index: usize, from: f64, to: f64) -> f64 {
+        let window: Vec<u64> = self
+            .rows
+            .iter()
+            .filter(|(at, _)| (from..to).contains(at))
+            .map(|(_, rss)| rss[index])
+            .collect();
+        window.iter().sum::<u64>() as f64 / window.len().max(1) as f64
+    }
+}
+
+/// The whole pipeline at `rate` events/s for `minutes` (at least 3), open loop, with
+/// every service's RSS sampled every 10 s. Growth compares the mean of the last minute
+/// with the mean of the second: the first is warm-up, while connection pools, caches
+/// and the allocator's arenas fill.
+pub async fn soak(minutes: u64, rate: u64) -> anyhow::Result<Value> {
+    anyhow::ensure!(minutes >= 3, "a soak needs at least 3 minutes");
+    let stack = Stack::start(&["ingest", "transform", "delivery"]).await?;
+    let events = minutes * 60 * rate;
+    let started = Instant::now();
+    let sending = AtomicBool::new(true);
+    let send = async {
+        let sent = stack.post_open_loop(0, events, rate).await;
+        sending.store(false, Ordering::Relaxed);
+        sent
+    };
+    let sample = async {
+        let mut samples = Samples { rows: Vec::new() };
+        while sending.load(Ordering::Relaxed) {
+            let rss = stack
+                .processes
+                .services()
+                .iter()
+                .map(Process::rss)
+                .collect();
+            samples.rows.push((started.elapsed().as_secs_f64(), rss));
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        samples
+    };
+    let (sent, samples) = tokio::join!(send, sample);
+    let sent = sent?;
+    stack.delivered(usize::try_from(events)?).await?;
+    let latencies = stack.latencies(0, &sent);
+
+    let end = minutes as f64 * 60.0;
+    let mut services = serde_json::Map::new();
+    for (index, service) in stack.processes.services().iter().enumerate() {
+        let warm = samples.mean(index, 60.0, 120.0);
+        let last = samples.mean(index, end - 60.0, end + 60.0);
+        services.insert(
+            service.name.to_owned(),
+            json!({
+                "rss_mib_second_minute": warm / MIB,
+                "rss_mib_last_minute": last / MIB,
+                "growth": last / warm - 1.0,
+                "peak_rss_mib": service.peak_rss() as f64 / MIB,
+            }),
+        );
+    }
+    let requests = stack.sink.requests.load(Ordering::Relaxed);
+    let distinct = stack.sink.first.lock().expect("sink").len() as u64;
+    Ok(json!({
+        "minutes": minutes,
+        "events_per_second": rate,
+        "events": events,
+        "latency_ms": { "p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0), "p99_9": percentile(&latencies, 99.9) },
+        "services": services,
+        "samples": samples.rows.iter().map(|(at, rss)| json!({ "seconds": at, "rss_mib": rss.iter().map(|b| *b as f64 / MIB).collect::<Vec<_>>() })).collect::<Vec<_>>(),
+        // The warm-up event is one more.
         "sink_requests": requests,
         "sink_distinct_events": distinct,
     }))

@@ -45,6 +45,7 @@ const END_TO_END_TO_THREE_HOPS: f64 = 0.4;
 const INGEST_TO_PUBLISH: f64 = 0.6;
 const P99_TARGET_MS: f64 = 10.0;
 const RSS_TARGET_MIB: f64 = 50.0;
+const SOAK_GROWTH: f64 = 0.1;
 
 fn best(rates: &[f64]) -> f64 {
     rates.iter().copied().fold(0.0, f64::max)
@@ -64,6 +65,9 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        return soak().await;
+    }
     let events = std::env::var("BENCH_EVENTS")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -217,6 +221,62 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&report)?)?;
     println!("wrote {}", out.join("bench.json").display());
+    Ok(())
+}
+
+/// `make soak`: the whole pipeline at `SOAK_RATE` (500) events/s for `SOAK_MINUTES`
+/// (30); fails if a service's memory grew by 10% or more, or an event was lost or
+/// doubled. Writes `target/bench/soak.json`.
+async fn soak() -> anyhow::Result<()> {
+    let setting = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let (minutes, rate) = (setting("SOAK_MINUTES", 30), setting("SOAK_RATE", 500));
+    eprintln!("soak: {rate} events/s for {minutes} minutes");
+    let report = e2e::soak(minutes, rate).await?;
+    let latency = &report["latency_ms"];
+    println!(
+        "soak: {} events at {rate}/s for {minutes} min; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+        report["events"],
+        latency["p50"].as_f64().unwrap_or_default(),
+        latency["p99"].as_f64().unwrap_or_default(),
+        latency["p99_9"].as_f64().unwrap_or_default(),
+    );
+    let mut grew = false;
+    for (name, service) in report["services"].as_object().into_iter().flatten() {
+        let growth = service["growth"].as_f64().unwrap_or(f64::INFINITY);
+        grew |= growth >= SOAK_GROWTH;
+        println!(
+            "  {name:<10} RSS {:6.1} MiB in minute 2, {:6.1} MiB in the last minute: {:+.1}% (target < {:.0}%: {}), peak {:.1} MiB",
+            service["rss_mib_second_minute"]
+                .as_f64()
+                .unwrap_or_default(),
+            service["rss_mib_last_minute"].as_f64().unwrap_or_default(),
+            growth * 100.0,
+            SOAK_GROWTH * 100.0,
+            verdict(growth < SOAK_GROWTH),
+            service["peak_rss_mib"].as_f64().unwrap_or_default(),
+        );
+    }
+    // The sink also got the warm-up event.
+    let expected = report["events"].as_u64().unwrap_or_default() + 1;
+    let (requests, distinct) = (
+        report["sink_requests"].as_u64().unwrap_or_default(),
+        report["sink_distinct_events"].as_u64().unwrap_or_default(),
+    );
+    println!("  sink       {requests} requests for {distinct} distinct events, {expected} sent");
+    let out = target_dir().join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("soak.json"), serde_json::to_vec_pretty(&report)?)?;
+    println!("wrote {}", out.join("soak.json").display());
+    anyhow::ensure!(!grew, "memory grew by {:.0}% or more", SOAK_GROWTH * 100.0);
+    anyhow::ensure!(
+        requests == expected && distinct == expected,
+        "events were lost or doubled"
+    );
     Ok(())
 }
 

@@ -10,16 +10,19 @@
 //! Exits 1 if any scenario lost or doubled an event.
 
 use std::{
-    collections::{HashMap, HashSet},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use serde_json::json;
-use switchyard_tests::{FakeProvider, Received, Reply, processes::Processes};
+use switchyard_tests::{
+    FakeProvider, Reply,
+    chaos::{Tally, catalog, send, tally},
+    processes::Processes,
+};
 
 /// A provider's state that a scenario changes while events flow.
 #[derive(Default)]
@@ -49,111 +52,6 @@ struct Scenario {
     rate: u64,
     /// Provider timeout and answer delay.
     slow: Option<Duration>,
-}
-
-#[derive(Debug)]
-struct Tally {
-    sent: u64,
-    delivered: u64,
-    duplicates: u64,
-    lost: u64,
-    resends: u64,
-    seconds: f64,
-}
-
-fn catalog(provider_url: &str, timeout: Duration) -> String {
-    format!(
-        r#"
-sources:
-  - name: shop
-providers:
-  - name: crm
-    url: {provider_url}/contacts
-    timeout: {timeout}ms
-    max_in_flight: 64
-    retry:
-      max_attempts: 200
-      backoff: {{ initial: 100ms, factor: 2, max: 2s }}
-    breaker:
-      cool_down: 1s
-      max_cool_down: 5s
-mappings:
-  - name: order-to-contact
-    version: 1
-    program: |
-      . = {{ "order": string!(.id), "email": downcase(string!(.email)) }}
-routes:
-  - name: orders
-    source: shop
-    event_types: ["order.*"]
-    mapping: order-to-contact@1
-    provider: crm
-"#,
-        timeout = timeout.as_millis()
-    )
-}
-
-/// Posts `events` events at `rate` per second, each retried with its own
-/// `Idempotency-Key` until ingest accepts it, whatever happens to ingest meanwhile.
-async fn send(ingest_url: String, events: u64, rate: u64) -> anyhow::Result<u64> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let accepted = Arc::new(AtomicU64::new(0));
-    let period = Duration::from_secs_f64(1.0 / rate as f64);
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..events {
-        tokio::time::sleep_until(start + period * u32::try_from(i)?).await;
-        let (client, url, accepted) = (client.clone(), ingest_url.clone(), accepted.clone());
-        tasks.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            loop {
-                let answer = client
-                    .post(format!("{url}/v1/events/shop?type=order.created"))
-                    .header("idempotency-key", format!("chaos-{i}"))
-                    .json(&json!({ "id": format!("o-{i}"), "email": format!("C{i}@Example.com") }))
-                    .send()
-                    .await;
-                if answer.is_ok_and(|a| a.status().is_success()) {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    return anyhow::Ok(());
-                }
-                anyhow::ensure!(Instant::now() < deadline, "ingest never accepted o-{i}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(accepted.load(Ordering::Relaxed))
-}
-
-fn tally(sent: u64, received: &[Received], seconds: f64) -> Tally {
-    let mut keys_per_event: HashMap<String, HashSet<String>> = HashMap::new();
-    let mut accepted_requests = 0;
-    for request in received.iter().filter(|r| r.accepted()) {
-        accepted_requests += 1;
-        let order = request.json()["order"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        keys_per_event
-            .entry(order)
-            .or_default()
-            .insert(request.idempotency_key().to_owned());
-    }
-    let delivered = keys_per_event.len() as u64;
-    let keys: u64 = keys_per_event.values().map(|k| k.len() as u64).sum();
-    Tally {
-        sent,
-        delivered,
-        duplicates: keys - delivered,
-        lost: sent.saturating_sub(delivered),
-        resends: accepted_requests - keys,
-        seconds,
-    }
 }
 
 async fn run(scenario: &Scenario) -> anyhow::Result<Tally> {

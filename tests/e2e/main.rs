@@ -5,6 +5,7 @@ mod access;
 mod auth;
 mod chaos;
 mod chart;
+mod cluster;
 mod control;
 mod dead_letters;
 mod delivery;

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 mod pipeline;
 pub mod processes;
 mod provider;
@@ -17,9 +18,11 @@ pub use provider::{FakeProvider, Received, Reply};
 use switchyard_core::local_server::LocalNatsServer;
 use tempfile::TempDir;
 
-/// A nats-server with JetStream on a free loopback port and a temporary store.
+/// A nats-server with JetStream on a free loopback port and a temporary store, or a
+/// cluster of them.
 pub struct TestNats {
-    server: LocalNatsServer,
+    servers: Vec<LocalNatsServer>,
+    url: String,
     _dir: TempDir,
 }
 
@@ -29,23 +32,105 @@ impl TestNats {
         switchyard_core::telemetry::init_for_tests();
         let dir = tempfile::tempdir()?;
         let server = LocalNatsServer::start(dir.path(), None).await?;
-        Ok(Self { server, _dir: dir })
+        Ok(Self {
+            url: server.url().to_owned(),
+            servers: vec![server],
+            _dir: dir,
+        })
     }
 
-    /// The client URL.
+    /// Starts `nodes` servers named `n0`, `n1`, … as one JetStream cluster on loopback,
+    /// each with its own store, and waits until the cluster has a JetStream leader.
+    pub async fn cluster(nodes: usize) -> anyhow::Result<Self> {
+        switchyard_core::telemetry::init_for_tests();
+        let dir = tempfile::tempdir()?;
+        let free_port = || -> anyhow::Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let ports = (0..nodes)
+            .map(|_| Ok((free_port()?, free_port()?)))
+            .collect::<anyhow::Result<Vec<(u16, u16)>>>()?;
+        let routes = ports
+            .iter()
+            .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (node, (client, route)) in ports.iter().enumerate() {
+            let args = vec![
+                "--name".to_owned(),
+                format!("n{node}"),
+                "--cluster_name".to_owned(),
+                "switchyard".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{route}"),
+                "--routes".to_owned(),
+                routes.clone(),
+            ];
+            let store = dir.path().join(format!("n{node}"));
+            servers.push(LocalNatsServer::start_with(&store, Some(*client), args).await?);
+        }
+        let url = servers
+            .iter()
+            .map(LocalNatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let jetstream = switchyard_core::nats::connect(&Pipeline::settings(&url).nats, "test")
+            .await?
+            .jetstream;
+        eventually(
+            Duration::from_secs(30),
+            "the cluster elects a JetStream leader",
+            || async {
+                // Account info, read as plain JSON: some server versions answer with
+                // fields the client's typed account info does not parse.
+                match jetstream.request("INFO", &()).await {
+                    Ok(async_nats::jetstream::response::Response::Ok(info)) => {
+                        Some::<serde_json::Value>(info)
+                    }
+                    _ => None,
+                }
+            },
+        )
+        .await;
+        Ok(Self {
+            servers,
+            url,
+            _dir: dir,
+        })
+    }
+
+    /// The client URL; for a cluster, every node's URL separated by commas.
     pub fn url(&self) -> &str {
-        self.server.url()
+        &self.url
     }
 
-    /// Kills the server with SIGKILL and leaves it down (until [`TestNats::restart`]).
+    /// Kills the server (every node) with SIGKILL and leaves it down (until
+    /// [`TestNats::restart`]).
     pub async fn kill(&mut self) {
-        self.server.kill().await;
+        for server in &mut self.servers {
+            server.kill().await;
+        }
     }
 
-    /// Kills the server with SIGKILL and starts it again on the same port and store.
+    /// Kills the server (every node) with SIGKILL and starts it again on the same port
+    /// and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        self.server.restart().await?;
+        for server in &mut self.servers {
+            server.restart().await?;
+        }
         Ok(())
+    }
+
+    /// Kills one node of a cluster, `n0`, `n1`, …, with SIGKILL.
+    pub async fn kill_node(&mut self, name: &str) {
+        let node: usize = name
+            .strip_prefix('n')
+            .and_then(|n| n.parse().ok())
+            .expect("a node name such as n1");
+        self.servers[node].kill().await;
     }
 }
 

@@ -91,6 +91,43 @@ pub struct NatsSettings {
     pub request_timeout: Duration,
 }
 
+impl NatsSettings {
+    /// The servers in `url`: one URL, or several separated by commas (seeds of a
+    /// cluster; the client learns the other members from the server).
+    pub fn servers(&self) -> Result<Vec<async_nats::ServerAddr>, Error> {
+        let servers = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .enumerate()
+            .map(|(i, url)| {
+                // The error names the position, not the URL, which may hold a password.
+                url.parse()
+                    .map_err(|err| Error::Config(format!("nats.url: server {}: {err}", i + 1)))
+            })
+            .collect::<Result<Vec<async_nats::ServerAddr>, Error>>()?;
+        if servers.is_empty() {
+            return Err(Error::Config("nats.url: must not be empty".into()));
+        }
+        Ok(servers)
+    }
+
+    /// `host:port` of every server, for logs and errors (never user or password).
+    pub fn display_servers(&self) -> String {
+        self.servers().map_or_else(
+            |_| "an invalid nats.url".to_owned(),
+            |servers| {
+                servers
+                    .iter()
+                    .map(|server| format!("{}:{}", server.host(), server.port()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+        )
+    }
+}
+
 /// Limits of the streams and buckets that `ensure_topology` creates or reconciles.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -380,9 +417,7 @@ impl Settings {
     /// Checks values that parse but cannot work, naming the key.
     pub fn validate(&self) -> Result<(), Error> {
         let fail = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
-        if self.nats.url.trim().is_empty() {
-            return fail("nats.url", "must not be empty");
-        }
+        self.nats.servers()?;
         if !(1..=5).contains(&self.topology.replicas) {
             return fail("topology.replicas", "must be between 1 and 5");
         }
@@ -506,6 +541,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("ingest_max_age"), "{err}");
+    }
+
+    #[test]
+    fn nats_url_lists_cluster_seeds_and_errors_never_show_a_password() {
+        let settings = Settings::load_from(
+            None,
+            env(&[(
+                "SWITCHYARD__NATS__URL",
+                "nats://a:4222, nats://user:s3cret@b:4223",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(settings.nats.servers().unwrap().len(), 2);
+        assert_eq!(settings.nats.display_servers(), "a:4222,b:4223");
+
+        let err = Settings::load_from(
+            None,
+            env(&[(
+                "SWITCHYARD__NATS__URL",
+                "nats://a:4222,nats://user:s3cret@b:x",
+            )]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("nats.url: server 2"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = Settings::load_from(None, env(&[("SWITCHYARD__NATS__URL", " , ")])).unwrap_err();
+        assert!(
+            err.to_string().contains("nats.url: must not be empty"),
+            "{err}"
+        );
     }
 
     #[test]

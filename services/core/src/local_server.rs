@@ -20,6 +20,7 @@ pub struct LocalNatsServer {
     url: String,
     port: u16,
     store_dir: PathBuf,
+    args: Vec<String>,
 }
 
 /// Finds the `nats-server` binary.
@@ -45,6 +46,16 @@ impl LocalNatsServer {
     /// Starts a server storing JetStream data under `store_dir`, on `port` (or a port
     /// the server picks when `None`), and waits until it accepts connections.
     pub async fn start(store_dir: &Path, port: Option<u16>) -> Result<Self, Error> {
+        Self::start_with(store_dir, port, Vec::new()).await
+    }
+
+    /// Like [`LocalNatsServer::start`], with more command-line arguments (a server
+    /// name and cluster routes, for a cluster of local servers).
+    pub async fn start_with(
+        store_dir: &Path,
+        port: Option<u16>,
+        args: Vec<String>,
+    ) -> Result<Self, Error> {
         let binary = binary()?;
         let ports_dir = store_dir.join("ports");
         std::fs::create_dir_all(&ports_dir)
@@ -66,6 +77,7 @@ impl LocalNatsServer {
             .args(["-a", "127.0.0.1", "-p", &port_arg])
             .arg("--ports_file_dir")
             .arg(&ports_dir)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -86,6 +98,7 @@ impl LocalNatsServer {
                     url,
                     port,
                     store_dir: store_dir.to_owned(),
+                    args,
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -121,7 +134,8 @@ impl LocalNatsServer {
     /// Starts the server again on the same port with the same store.
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.kill().await;
-        *self = Self::start(&self.store_dir.clone(), Some(self.port)).await?;
+        *self =
+            Self::start_with(&self.store_dir.clone(), Some(self.port), self.args.clone()).await?;
         Ok(())
     }
 }

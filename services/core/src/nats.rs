@@ -65,17 +65,18 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
                 Error::Config(format!("nats.credentials_file {}: {err}", file.display()))
             })?;
         }
-        match options.connect(settings.url.as_str()).await {
+        match options.connect(settings.servers()?).await {
             Ok(client) => break client,
             Err(err) if tokio::time::Instant::now() + delay < deadline => {
-                tracing::info!(url = %settings.url, error = %err, "waiting for NATS");
+                tracing::info!(servers = %settings.display_servers(), error = %err, "waiting for NATS");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(err) => {
                 return Err(Error::Nats(format!(
                     "cannot connect to {} within {:?}: {err}",
-                    settings.url, settings.connect_timeout
+                    settings.display_servers(),
+                    settings.connect_timeout
                 )));
             }
         }

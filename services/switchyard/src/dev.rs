@@ -105,7 +105,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     let catalog = store.load().await?.catalog;
     print_banner(
         &catalog,
-        &settings.nats.url,
+        &settings.nats.display_servers(),
         ingest_address,
         control_address,
         echo_address,
