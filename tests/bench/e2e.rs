@@ -6,7 +6,8 @@
 //! - Raw 3-hop relay: that publisher plus three consume→republish relays in a chain,
 //!   timed until the last stream holds every event: the least any three-step
 //!   pipeline on JetStream does (Switchyard's are ingest, transform and delivery).
-//! - Ingest alone: HTTP clients posting events, timed until every 202.
+//! - Ingest alone: HTTP clients posting events, timed until every 202; and the same
+//!   clients against a server that answers 202 doing nothing (the HTTP floor).
 //! - End to end at the highest rate: HTTP clients as fast as ingest answers, timed
 //!   from the first request until the sink holds every event.
 //! - End to end at a fixed 1,000 events/s, open loop: latency from sending the request
@@ -315,48 +316,6 @@ routes:
         Value::Object(report)
     }
 
-    /// Posts `events` events from `HTTP_CONCURRENCY` clients, each waiting for its
-    /// answer; a 503 (back-pressure) is retried. Returns when each request was sent.
-    async fn post_closed_loop(&self, first: u64, events: u64) -> anyhow::Result<Vec<Instant>> {
-        let client = reqwest::Client::new();
-        let next = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..HTTP_CONCURRENCY {
-            let (client, next, url) = (client.clone(), next.clone(), self.ingest.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut sent = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= events {
-                        return anyhow::Ok(sent);
-                    }
-                    let at = Instant::now();
-                    loop {
-                        let answer = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body(first + i))
-                            .send()
-                            .await?;
-                        match answer.status().as_u16() {
-                            202 => break,
-                            503 => tokio::time::sleep(Duration::from_millis(10)).await,
-                            other => anyhow::bail!("ingest answered {other}"),
-                        }
-                    }
-                    sent.push((i, at));
-                }
-            }));
-        }
-        let mut times = vec![Instant::now(); usize::try_from(events)?];
-        for task in tasks {
-            for (i, at) in task.await?? {
-                times[usize::try_from(i)?] = at;
-            }
-        }
-        Ok(times)
-    }
-
     /// Posts one event every `1/rate` seconds for `events` events, not waiting for
     /// answers before sending the next. Returns when each request was due.
     async fn post_open_loop(
@@ -428,9 +387,74 @@ routes:
     }
 }
 
+/// Posts `events` events from `HTTP_CONCURRENCY` clients, each waiting for its
+/// answer; a 503 (back-pressure) is retried. Returns when each request was sent.
+async fn post_closed_loop(url: &str, first: u64, events: u64) -> anyhow::Result<Vec<Instant>> {
+    let client = reqwest::Client::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..HTTP_CONCURRENCY {
+        let (client, next, url) = (client.clone(), next.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= events {
+                    return anyhow::Ok(sent);
+                }
+                let at = Instant::now();
+                loop {
+                    let answer = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body(first + i))
+                        .send()
+                        .await?;
+                    match answer.status().as_u16() {
+                        202 => break,
+                        503 => tokio::time::sleep(Duration::from_millis(10)).await,
+                        other => anyhow::bail!("ingest answered {other}"),
+                    }
+                }
+                sent.push((i, at));
+            }
+        }));
+    }
+    let mut times = vec![Instant::now(); usize::try_from(events)?];
+    for task in tasks {
+        for (i, at) in task.await?? {
+            times[usize::try_from(i)?] = at;
+        }
+    }
+    Ok(times)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
+}
+
+/// The HTTP floor: the same clients against a server that reads each body and
+/// answers 202 at once, doing nothing else. What ingest can at most reach on this
+/// machine with these clients.
+pub async fn http_floor(events: u64) -> anyhow::Result<f64> {
+    let app = axum::Router::new().route(
+        "/v1/events/shop",
+        axum::routing::post(|_body: axum::body::Bytes| async {
+            (
+                axum::http::StatusCode::ACCEPTED,
+                r#"{"event_id":"x","duplicate":false}"#,
+            )
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/v1/events/shop", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let started = Instant::now();
+    post_closed_loop(&url, 0, events).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    server.abort();
+    Ok(rate)
 }
 
 /// Ingest alone: HTTP events per second, every one stored.
@@ -438,7 +462,7 @@ pub async fn ingest_only(events: u64) -> anyhow::Result<(f64, Value)> {
     let stack = Stack::start(&["ingest"]).await?;
     let before = stack.cpu();
     let started = Instant::now();
-    stack.post_closed_loop(0, events).await?;
+    post_closed_loop(&stack.ingest, 0, events).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     Ok((rate, stack.report(&before, events)))
 }
@@ -448,7 +472,7 @@ pub async fn end_to_end(events: u64, fixed_rate: u64, fixed_events: u64) -> anyh
     let stack = Stack::start(&["ingest", "transform", "delivery"]).await?;
 
     let before = stack.cpu();
-    let sent = stack.post_closed_loop(0, events).await?;
+    let sent = post_closed_loop(&stack.ingest, 0, events).await?;
     stack.delivered(usize::try_from(events)?).await?;
     let rate = events as f64 / (stack.last_receipt() - sent[0]).as_secs_f64();
     let max = stack.latencies(0, &sent);

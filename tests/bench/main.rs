@@ -65,8 +65,20 @@ where
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("soak") {
-        return soak().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("soak") => return soak().await,
+        // Ingest alone and the HTTP floor, for work on ingest.
+        Some("ingest") => {
+            let events = 20_000;
+            let floor = e2e::http_floor(events).await?;
+            let (ingest, services) = e2e::ingest_only(events).await?;
+            println!(
+                "ingest {ingest:.0}/s, HTTP floor {floor:.0}/s ({:.0}%); {services}",
+                ingest / floor * 100.0
+            );
+            return Ok(());
+        }
+        _ => {}
     }
     let events = std::env::var("BENCH_EVENTS")
         .ok()
@@ -97,6 +109,10 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let (hops_rate, ()) = best_of_two("raw 3-hop relay", || async {
         Ok((e2e::raw_three_hops(events).await?, ()))
+    })
+    .await?;
+    let (floor_rate, ()) = best_of_two("HTTP floor", || async {
+        Ok((e2e::http_floor(events).await?, ()))
     })
     .await?;
     let (ingest_rate, ingest_services) =
@@ -141,6 +157,10 @@ async fn main() -> anyhow::Result<()> {
         ingest_ratio * 100.0,
         INGEST_TO_PUBLISH * 100.0,
         verdict(ingest_ratio >= INGEST_TO_PUBLISH)
+    );
+    println!(
+        "  HTTP floor            {floor_rate:>9.0} events/s  (a server that answers 202 and does nothing; ingest = {:.0}% of it)",
+        ingest_rate / floor_rate * 100.0
     );
     let e2e_ratio = e2e_rate / hops_rate;
     println!(
@@ -206,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
             "raw_three_hop_relay_events_per_second": hops_rate,
             "ingest_events_per_second": ingest_rate,
             "ingest_to_publish_ratio": ingest_ratio,
+            "http_floor_events_per_second": floor_rate,
             "ingest_services": ingest_services,
             "end_to_end_to_three_hops_ratio": e2e_ratio,
             "pipeline": end_to_end,

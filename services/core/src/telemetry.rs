@@ -64,7 +64,49 @@ where
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(true)
+        .fmt_fields(AppendedJsonFields)
         .with_writer(writer)
+}
+
+/// A span's fields as one JSON object, like `JsonFields`, except that fields recorded
+/// later (`span.record(…)`) are appended to the object instead of parsing and
+/// rewriting it each time: spans per event record their event id, trace id and
+/// outcome after creation, and the rewrite was a large share of a service's CPU per
+/// event. A field recorded twice appears twice; readers keep the last.
+struct AppendedJsonFields;
+
+impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for AppendedJsonFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'writer>,
+        fields: R,
+    ) -> std::fmt::Result {
+        tracing_subscriber::fmt::format::JsonFields::new().format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        if current.fields.is_empty() {
+            return self.format_fields(current.as_writer(), fields);
+        }
+        let mut added = String::new();
+        self.format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut added),
+            fields,
+        )?;
+        // `{"a":1}` and `{"b":2}` make `{"a":1,"b":2}`.
+        if let Some(rest) = added.strip_prefix('{').filter(|rest| *rest != "}") {
+            current.fields.pop();
+            if current.fields != "{" {
+                current.fields.push(',');
+            }
+            current.fields.push_str(rest);
+        }
+        Ok(())
+    }
 }
 
 /// Records the OpenTelemetry trace id of `span` in its `trace_id` field (declared
@@ -221,9 +263,14 @@ mod tests {
             let span = tracing::info_span!(
                 "transform process",
                 event_id = "01a2-event",
-                trace_id = tracing::field::Empty
+                route = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                outcome = tracing::field::Empty,
             );
             record_trace_id(&span);
+            span.record("route", "orders \"eu\"");
+            span.record("outcome", "retry");
+            span.record("outcome", "delivered");
             span.in_scope(|| {
                 let inner = tracing::info_span!("transform publish");
                 inner.in_scope(|| tracing::warn!(reason = "x", "nested line"));
@@ -237,5 +284,8 @@ mod tests {
         let trace_id = outer["trace_id"].as_str().unwrap();
         assert_eq!(trace_id.len(), 32, "{line}");
         assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        // Fields recorded after creation are all there, the last value of each.
+        assert_eq!(outer["route"], "orders \"eu\"", "{line}");
+        assert_eq!(outer["outcome"], "delivered", "{line}");
     }
 }
