@@ -228,24 +228,17 @@ async fn start_sink() -> anyhow::Result<(SocketAddr, Arc<Sink>)> {
     Ok((address, sink))
 }
 
-/// The services as processes, and the sink their deliveries go to.
-struct Stack {
-    processes: Processes,
-    ingest: String,
-    sink: Arc<Sink>,
-}
-
-impl Stack {
-    async fn start(names: &[&'static str]) -> anyhow::Result<Self> {
-        let (sink_address, sink) = start_sink().await?;
-        let program = workload::PROGRAM.replace('\n', "\n      ");
-        let catalog = format!(
-            r#"
+/// The benchmarks' catalog: `order.*` events of source `shop` through the 20-field
+/// workload mapping to provider `sink` at `url`.
+pub fn catalog(url: &str) -> String {
+    let program = workload::PROGRAM.replace('\n', "\n      ");
+    format!(
+        r#"
 sources:
   - name: shop
 providers:
   - name: sink
-    url: http://{sink_address}/orders
+    url: {url}
     max_in_flight: 256
 mappings:
   - name: order
@@ -259,7 +252,20 @@ routes:
     mapping: order@1
     provider: sink
 "#
-        );
+    )
+}
+
+/// The services as processes, and the sink their deliveries go to.
+struct Stack {
+    processes: Processes,
+    ingest: String,
+    sink: Arc<Sink>,
+}
+
+impl Stack {
+    async fn start(names: &[&'static str]) -> anyhow::Result<Self> {
+        let (sink_address, sink) = start_sink().await?;
+        let catalog = catalog(&format!("http://{sink_address}/orders"));
         let processes = Processes::start(&catalog, names).await?;
         let stack = Self {
             ingest: format!("{}/v1/events/shop?type=order.created", processes.ingest_url),

@@ -31,7 +31,7 @@ use switchyard_core::{
     shutdown::Shutdown,
     topology,
 };
-use switchyard_tests::{Pipeline, TestNats, workload};
+use switchyard_tests::{Pipeline, TestNats};
 
 /// Events per run; `BENCH_EVENTS` overrides.
 const EVENTS: u64 = 20_000;
@@ -360,27 +360,7 @@ async fn transform_service(events: u64) -> anyhow::Result<f64> {
     let connection = switchyard_core::nats::connect(&settings.nats, "bench").await?;
     let jetstream = connection.jetstream.clone();
     topology::ensure_topology(&jetstream, &settings.topology).await?;
-    let program = workload::PROGRAM.replace('\n', "\n      ");
-    let catalog = Catalog::from_yaml(&format!(
-        r#"
-sources:
-  - name: shop
-providers:
-  - name: sink
-    url: http://127.0.0.1:9/orders
-mappings:
-  - name: order
-    version: 1
-    program: |
-      {program}
-routes:
-  - name: orders
-    source: shop
-    event_types: ["order.*"]
-    mapping: order@1
-    provider: sink
-"#
-    ))?;
+    let catalog = Catalog::from_yaml(&e2e::catalog("http://127.0.0.1:9/orders"))?;
     CatalogStore::open(&jetstream)
         .await?
         .save(&catalog, 0)

@@ -48,8 +48,49 @@ pub struct Breaker {
     open_until: Instant,
     cool_down: Duration,
     consecutive: u32,
-    recent: VecDeque<(Instant, bool)>,
+    recent: Window,
     probing: bool,
+}
+
+/// Requests and failures of the rolling window, counted per second: memory and time
+/// per request stay constant whatever the request rate (a list of every request in a
+/// 60 s window held 300,000 entries at 5,000 requests/s, and each request counted
+/// them all).
+#[derive(Debug, Default)]
+struct Window {
+    /// Start of each second with requests, its requests and failures; oldest first.
+    buckets: VecDeque<(Instant, u64, u64)>,
+    total: u64,
+    failed: u64,
+}
+
+impl Window {
+    fn record(&mut self, now: Instant, success: bool, window: Duration) {
+        let failed = u64::from(!success);
+        match self.buckets.back_mut() {
+            Some((start, total, failures))
+                if now.saturating_duration_since(*start) < Duration::from_secs(1) =>
+            {
+                *total += 1;
+                *failures += failed;
+            }
+            _ => self.buckets.push_back((now, 1, failed)),
+        }
+        self.total += 1;
+        self.failed += failed;
+        while let Some((start, total, failures)) = self.buckets.front().copied() {
+            if now.saturating_duration_since(start) <= window {
+                break;
+            }
+            self.buckets.pop_front();
+            self.total -= total;
+            self.failed -= failures;
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
 }
 
 impl Breaker {
@@ -62,7 +103,7 @@ impl Breaker {
             open_until: Instant::now(),
             cool_down,
             consecutive: 0,
-            recent: VecDeque::new(),
+            recent: Window::default(),
             probing: false,
         }
     }
@@ -131,14 +172,7 @@ impl Breaker {
             // Results of requests sent before the breaker opened change nothing.
             State::Open | State::HalfOpen => None,
             State::Closed => {
-                self.recent.push_back((now, success));
-                while self
-                    .recent
-                    .front()
-                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) > self.policy.window)
-                {
-                    self.recent.pop_front();
-                }
+                self.recent.record(now, success, self.policy.window);
                 if success {
                     self.consecutive = 0;
                 } else {
@@ -148,9 +182,8 @@ impl Breaker {
                         return Some(self.open(now, reason));
                     }
                 }
-                let total = self.recent.len();
-                let failed = self.recent.iter().filter(|(_, ok)| !ok).count();
-                if total >= self.policy.min_requests as usize
+                let (total, failed) = (self.recent.total, self.recent.failed);
+                if total >= u64::from(self.policy.min_requests)
                     && failed as f64 / total as f64 >= self.policy.failure_ratio
                 {
                     let reason = format!(
@@ -281,6 +314,25 @@ mod tests {
             b.record(t0 + Duration::from_secs(61), false, false)
                 .is_none()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_window_keeps_one_entry_per_second_at_any_rate() {
+        let mut b = breaker();
+        let t0 = Instant::now();
+        // 3 minutes at 5,000 requests/s, one in ten failing.
+        for i in 0..900_000u64 {
+            let at = t0 + Duration::from_micros(i * 200);
+            assert!(b.record(at, i % 10 != 0, false).is_none(), "request {i}");
+        }
+        assert!(b.recent.buckets.len() <= 62, "{}", b.recent.buckets.len());
+        // The last 60-61 s of requests, a tenth of them failed.
+        assert!(
+            (300_000..=305_000).contains(&b.recent.total),
+            "{}",
+            b.recent.total
+        );
+        assert_eq!(b.recent.failed * 10, b.recent.total);
     }
 
     #[tokio::test(start_paused = true)]
