@@ -16,6 +16,9 @@
 //!   per event of each service.
 //!
 //! Each rate is the best of two runs. Prints a table and writes `target/bench/bench.json`.
+//!
+//! `switchyard-bench soak` is `make soak` (see [`soak`]); `switchyard-bench ingest`
+//! measures only ingest and the HTTP floor, for work on ingest.
 
 mod e2e;
 
