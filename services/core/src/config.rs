@@ -113,14 +113,17 @@ impl NatsSettings {
         Ok(servers)
     }
 
-    /// `host:port` of every server, for logs and errors (never user or password).
+    /// `scheme://host:port` of every server, for logs and errors (never user or
+    /// password).
     pub fn display_servers(&self) -> String {
         self.servers().map_or_else(
             |_| "an invalid nats.url".to_owned(),
             |servers| {
                 servers
                     .iter()
-                    .map(|server| format!("{}:{}", server.host(), server.port()))
+                    .map(|server| {
+                        format!("{}://{}:{}", server.scheme(), server.host(), server.port())
+                    })
                     .collect::<Vec<_>>()
                     .join(",")
             },
@@ -554,7 +557,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.nats.servers().unwrap().len(), 2);
-        assert_eq!(settings.nats.display_servers(), "a:4222,b:4223");
+        assert_eq!(
+            settings.nats.display_servers(),
+            "nats://a:4222,nats://b:4223"
+        );
 
         let err = Settings::load_from(
             None,
