@@ -57,7 +57,7 @@ fn pipeline() -> usize {
 fn body(index: u64) -> Vec<u8> {
     let template = workload::payload();
     let text = String::from_utf8(template).expect("UTF-8");
-    text.replacen("ord_01HZX3Y8Q2", &format!("ord_{index:010}"), 1)
+    text.replacen("ord_01HZX3Y8Q2", &id_of(index), 1)
         .into_bytes()
 }
 
@@ -146,14 +146,21 @@ pub async fn file_streams(jetstream: &jetstream::Context, names: &[&str]) -> any
     Ok(())
 }
 
-async fn messages(jetstream: &jetstream::Context, stream: &str) -> anyhow::Result<u64> {
-    Ok(jetstream
-        .get_stream(stream)
-        .await?
-        .info()
-        .await?
-        .state
-        .messages)
+/// Waits until `stream` holds `count` messages; returns when that was seen.
+pub async fn stored(
+    jetstream: &jetstream::Context,
+    stream: &str,
+    count: u64,
+) -> anyhow::Result<Instant> {
+    let mut handle = jetstream.get_stream(stream).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        if handle.info().await?.state.messages >= count {
+            return Ok(Instant::now());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{stream} never reached {count}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// The raw acked publish rate.
@@ -183,14 +190,11 @@ pub async fn raw_three_hops(events: u64) -> anyhow::Result<f64> {
         )));
     }
     publish(&jetstream, "hop0.order", events).await?;
-    while messages(&jetstream, "HOP3").await? < events {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let elapsed = started.elapsed();
+    let done = stored(&jetstream, "HOP3", events).await?;
     for relay in relays {
         relay.await??;
     }
-    Ok(events as f64 / elapsed.as_secs_f64())
+    Ok(events as f64 / (done - started).as_secs_f64())
 }
 
 /// What the sink received: when each event id first arrived, and how many requests.

@@ -22,19 +22,12 @@
 
 mod e2e;
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use serde_json::{Value, json};
-use switchyard_core::{
-    catalog::{Catalog, CatalogStore},
-    shutdown::Shutdown,
-    topology,
-};
-use switchyard_tests::{Pipeline, TestNats};
+use switchyard_core::{shutdown::Shutdown, topology};
+use switchyard_tests::{Pipeline, TestNats, target_dir, write_report};
 
 /// Events per run; `BENCH_EVENTS` overrides.
 const EVENTS: u64 = 20_000;
@@ -241,10 +234,7 @@ async fn main() -> anyhow::Result<()> {
             },
         },
     });
-    let out = target_dir().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("bench.json"), serde_json::to_vec_pretty(&report)?)?;
-    println!("wrote {}", out.join("bench.json").display());
+    write_report("bench.json", &report)?;
     Ok(())
 }
 
@@ -292,10 +282,7 @@ async fn soak() -> anyhow::Result<()> {
         report["sink_distinct_events"].as_u64().unwrap_or_default(),
     );
     println!("  sink       {requests} requests for {distinct} distinct events, {expected} sent");
-    let out = target_dir().join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("soak.json"), serde_json::to_vec_pretty(&report)?)?;
-    println!("wrote {}", out.join("soak.json").display());
+    write_report("soak.json", &report)?;
     anyhow::ensure!(!grew, "memory grew by {:.0}% or more", SOAK_GROWTH * 100.0);
     anyhow::ensure!(
         requests == expected && distinct == expected,
@@ -308,34 +295,11 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "MISSED" }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 /// Criterion's mean estimate for `mapping/<name>`, in nanoseconds.
 fn criterion_estimate(name: &str) -> Option<f64> {
     let path = target_dir().join(format!("criterion/mapping/{name}/new/estimates.json"));
     let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     estimates["mean"]["point_estimate"].as_f64()
-}
-
-/// Waits until `stream` holds `count` messages; returns when that was seen.
-async fn stored(
-    jetstream: &jetstream::Context,
-    stream: &str,
-    count: u64,
-) -> anyhow::Result<Instant> {
-    let mut handle = jetstream.get_stream(stream).await?;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    loop {
-        if handle.info().await?.state.messages >= count {
-            return Ok(Instant::now());
-        }
-        anyhow::ensure!(Instant::now() < deadline, "{stream} never reached {count}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// The baseline: relays `events` stored messages from one stream to another.
@@ -351,7 +315,7 @@ async fn raw_relay(events: u64) -> anyhow::Result<f64> {
         "relay_out.order".into(),
         events,
     ));
-    let done = stored(&jetstream, "RELAY_OUT", events).await?;
+    let done = e2e::stored(&jetstream, "RELAY_OUT", events).await?;
     relay.await??;
     Ok(events as f64 / (done - started).as_secs_f64())
 }
@@ -360,14 +324,9 @@ async fn raw_relay(events: u64) -> anyhow::Result<f64> {
 async fn transform_service(events: u64) -> anyhow::Result<f64> {
     let nats = TestNats::start().await?;
     let settings = Pipeline::settings(nats.url());
-    let connection = switchyard_core::nats::connect(&settings.nats, "bench").await?;
-    let jetstream = connection.jetstream.clone();
-    topology::ensure_topology(&jetstream, &settings.topology).await?;
-    let catalog = Catalog::from_yaml(&e2e::catalog("http://127.0.0.1:9/orders"))?;
-    CatalogStore::open(&jetstream)
-        .await?
-        .save(&catalog, 0)
-        .await?;
+    let (connection, _) =
+        Pipeline::prepare(&settings, &e2e::catalog("http://127.0.0.1:9/orders")).await?;
+    let jetstream = connection.jetstream;
     e2e::publish(&jetstream, "ingest.shop.order.created", events).await?;
 
     let shutdown = Shutdown::new();
@@ -376,7 +335,7 @@ async fn transform_service(events: u64) -> anyhow::Result<f64> {
         "transform",
         switchyard_transform::run(settings, shutdown.clone()),
     );
-    let done = stored(&jetstream, topology::DELIVER, events).await?;
+    let done = e2e::stored(&jetstream, topology::DELIVER, events).await?;
     shutdown.trigger();
     shutdown.wait(Duration::from_secs(30)).await?;
     Ok(events as f64 / (done - started).as_secs_f64())

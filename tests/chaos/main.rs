@@ -22,6 +22,7 @@ use switchyard_tests::{
     FakeProvider, Reply,
     chaos::{Tally, catalog, send, tally},
     processes::Processes,
+    write_report,
 };
 
 /// A provider's state that a scenario changes while events flow.
@@ -171,10 +172,7 @@ async fn main() -> anyhow::Result<()> {
             "seconds": tally.seconds,
         }));
     }
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("chaos.json"), serde_json::to_vec_pretty(&report)?)?;
-    println!("wrote {}", out.join("chaos.json").display());
+    write_report("chaos.json", &serde_json::Value::Array(report))?;
     if failed {
         anyhow::bail!("events were lost or doubled");
     }

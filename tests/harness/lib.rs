@@ -187,6 +187,23 @@ pub fn syctl() -> std::path::PathBuf {
     binary("syctl")
 }
 
+/// The workspace's target directory (`CARGO_TARGET_DIR` when set).
+pub fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        std::path::PathBuf::from,
+    )
+}
+
+/// Writes a measurement report as `<target>/bench/<file>` and says where.
+pub fn write_report(file: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join(file), serde_json::to_vec_pretty(report)?)?;
+    println!("wrote {}", dir.join(file).display());
+    Ok(())
+}
+
 /// A third-party tool the Makefile unpacks into `target/tools` (`buf`, `helm`), or the
 /// path in `<NAME>_BIN`; fails naming the `make` target that fetches it.
 pub fn tool(name: &str) -> std::path::PathBuf {

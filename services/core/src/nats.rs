@@ -32,6 +32,7 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
         .unwrap_or_else(|| format!("switchyard-{service}"));
     let deadline = tokio::time::Instant::now() + settings.connect_timeout;
     let mut delay = Duration::from_millis(100);
+    let (servers, shown) = (settings.servers()?, settings.display_servers());
     // Kept current by the connection's events; `/readyz` reads it.
     let up = Arc::new(AtomicBool::new(false));
     let client = loop {
@@ -65,17 +66,16 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
                 Error::Config(format!("nats.credentials_file {}: {err}", file.display()))
             })?;
         }
-        match options.connect(settings.servers()?).await {
+        match options.connect(servers.clone()).await {
             Ok(client) => break client,
             Err(err) if tokio::time::Instant::now() + delay < deadline => {
-                tracing::info!(servers = %settings.display_servers(), error = %err, "waiting for NATS");
+                tracing::info!(servers = %shown, error = %err, "waiting for NATS");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(err) => {
                 return Err(Error::Nats(format!(
-                    "cannot connect to {} within {:?}: {err}",
-                    settings.display_servers(),
+                    "cannot connect to {shown} within {:?}: {err}",
                     settings.connect_timeout
                 )));
             }
