@@ -13,8 +13,10 @@ use std::{
 
 use base64::Engine;
 use serde_json::{Value, json};
-use switchyard_tests::{FakeProvider, Reply, TestNats, binary, eventually, succeeded, tool};
-use tokio::{net::TcpListener, process::Child};
+use switchyard_tests::{
+    FakeProvider, Reply, TestNats, binary, eventually, free_port, succeeded, tool,
+};
+use tokio::process::Child;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../helm/switchyard");
 /// The oldest Kubernetes minor version still supported upstream when this was written.
@@ -333,7 +335,7 @@ impl Pod {
     /// manifest: loopback addresses instead of cluster ones.
     async fn start(&mut self, nats_url: &str, listens: &[(&str, u16)]) -> Child {
         let settings = self.settings();
-        let admin_port = free_port().await;
+        let admin_port = free_port();
         self.admin_port = Some(admin_port);
         let mut command = tokio::process::Command::new(binary(&self.command[0]));
         command
@@ -369,15 +371,6 @@ impl Pod {
         let response = reqwest::get(url).await.ok()?;
         Some(response.status().as_u16())
     }
-}
-
-async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -465,7 +458,7 @@ catalog:
             };
             let mut listens = Vec::new();
             if let Some(section) = section {
-                let port = free_port().await;
+                let port = free_port();
                 ports.entry(section).or_default().push(port);
                 listens.push((section, port));
             }

@@ -44,14 +44,7 @@ impl TestNats {
     pub async fn cluster(nodes: usize) -> anyhow::Result<Self> {
         switchyard_core::telemetry::init_for_tests();
         let dir = tempfile::tempdir()?;
-        let free_port = || -> anyhow::Result<u16> {
-            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port())
-        };
-        let ports = (0..nodes)
-            .map(|_| Ok((free_port()?, free_port()?)))
-            .collect::<anyhow::Result<Vec<(u16, u16)>>>()?;
+        let ports: Vec<(u16, u16)> = (0..nodes).map(|_| (free_port(), free_port())).collect();
         let routes = ports
             .iter()
             .map(|(_, route)| format!("nats://127.0.0.1:{route}"))
@@ -185,6 +178,14 @@ pub fn binary(name: &str) -> std::path::PathBuf {
 /// The `syctl` binary.
 pub fn syctl() -> std::path::PathBuf {
     binary("syctl")
+}
+
+/// A loopback port free at the moment, for a server that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
 }
 
 /// The workspace's target directory (`CARGO_TARGET_DIR` when set).

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use tokio::{net::TcpListener, process::Child};
+use tokio::process::Child;
 
-use crate::{Pipeline, TestNats, service};
+use crate::{Pipeline, TestNats, free_port, service};
 
 /// One service process.
 pub struct Process {
@@ -97,7 +97,7 @@ impl Processes {
         let nats = TestNats::start().await?;
         let settings = Pipeline::settings(nats.url());
         let (_, parsed) = Pipeline::prepare(&settings, catalog).await?;
-        let ingest_port = TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port();
+        let ingest_port = free_port();
         let mut processes = Self {
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
             nats,
