@@ -383,6 +383,8 @@ async fn the_rendered_release_runs_applies_its_catalog_and_delivers() {
         format!(
             r#"
 nats: {{ url: "nats://nats.messaging:4222", streamReplicas: 1 }}
+outbound: {{ allow: ["127.0.0.0/8"] }}
+ingest: {{ http: {{ header_read_timeout: 5s }} }}
 providers:
   - name: crm
     url: {}/contacts

@@ -237,6 +237,10 @@ pub fn succeeded(what: &str, output: std::process::Output) -> String {
     String::from_utf8(output.stdout).expect("UTF-8 output")
 }
 
+/// What the outbound guard of a test's services allows: the fake providers on this
+/// machine.
+pub const LOCAL_PROVIDERS: &str = "127.0.0.0/8";
+
 /// The service binary `name` (`switchyard-delivery`, …) as a child process configured
 /// like `settings` through `SWITCHYARD__*` variables, with its admin port on any free
 /// port; it is killed when dropped.
@@ -249,6 +253,7 @@ pub fn service(
         .env("SWITCHYARD__NATS__URL", &settings.nats.url)
         .env("SWITCHYARD__SECRETS__DIR", &settings.secrets.dir)
         .env("SWITCHYARD__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD__OUTBOUND__ALLOW", LOCAL_PROVIDERS)
         .kill_on_drop(true);
     command
 }

@@ -13,7 +13,7 @@ use switchyard_core::{
 };
 use tokio::net::TcpListener;
 
-use crate::TestNats;
+use crate::{LOCAL_PROVIDERS, TestNats};
 
 /// A running pipeline and handles to drive and observe it.
 pub struct Pipeline {
@@ -42,6 +42,8 @@ impl Pipeline {
         settings.nats.url = nats_url.to_owned();
         settings.secrets.dir = std::env::temp_dir().join("switchyard-tests-no-secrets");
         settings.control.allow_unauthenticated = true;
+        // The fake providers run on this machine.
+        settings.outbound.allow = vec![LOCAL_PROVIDERS.to_owned()];
         settings
     }
 

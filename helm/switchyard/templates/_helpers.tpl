@@ -67,7 +67,8 @@ generated on install, and the same in every template of one render.
   "telemetry" (dict "log_format" .Values.telemetry.logFormat "log_level" .Values.telemetry.logLevel)
   "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.adminPort)))
   "secrets" (dict "dir" "/run/secrets/switchyard")
-  "ingest" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)))
+  "ingest" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ingest.port)) "http" (.Values.ingest.http | default dict))
+  "outbound" (dict "allow" (.Values.outbound.allow | default list) "deny" (.Values.outbound.deny | default list))
   "control" (dict "listen" (printf "0.0.0.0:%d" (int .Values.control.port)) "api_keys" $apiKeys)
 -}}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.settings)) -}}

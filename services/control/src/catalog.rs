@@ -5,6 +5,7 @@ use switchyard_core::{
     Error as CoreError,
     catalog::{Action, Catalog, CatalogStore, Kind, MappingRef},
     config::Scope,
+    outbound::Guard,
 };
 use tonic::{Request, Response, Status};
 
@@ -23,12 +24,14 @@ use crate::{
 #[derive(Clone)]
 pub struct CatalogApi {
     store: CatalogStore,
+    guard: Guard,
 }
 
 impl CatalogApi {
-    /// Serves the catalog in `store`.
-    pub fn new(store: CatalogStore) -> Self {
-        Self { store }
+    /// Serves the catalog in `store`; `guard` refuses applies that name an address
+    /// outbound requests may not reach.
+    pub fn new(store: CatalogStore, guard: Guard) -> Self {
+        Self { store, guard }
     }
 }
 
@@ -110,6 +113,9 @@ impl CatalogApi {
         dry_run: bool,
         expected_revision: u64,
     ) -> Result<(Vec<proto::Change>, u64), Status> {
+        self.guard
+            .check_catalog(bundle)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let current = self.store.load().await.map_err(status)?;
         still_at(expected_revision, current.revision)?;
         let (next, changes) = current

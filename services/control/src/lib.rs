@@ -16,7 +16,7 @@ mod replay;
 mod stats;
 
 use switchyard_core::{
-    catalog::CatalogStore, config::Settings, nats, shutdown::Shutdown, topology,
+    catalog::CatalogStore, config::Settings, nats, outbound::Guard, shutdown::Shutdown, topology,
 };
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
@@ -58,6 +58,15 @@ pub enum Error {
     Settings(String),
 }
 
+/// How often an idle gRPC connection is pinged.
+const GRPC_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a ping may go unanswered before the connection is closed.
+const GRPC_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Concurrent calls on one gRPC connection.
+const GRPC_MAX_STREAMS: u32 = 128;
+/// Largest header block of a gRPC call.
+const GRPC_MAX_HEADER_BYTES: u32 = 64 * 1024;
+
 /// Serves the control API on `listener` until `shutdown` starts draining.
 pub async fn run(
     settings: Settings,
@@ -66,6 +75,7 @@ pub async fn run(
 ) -> Result<(), Error> {
     let authenticate = Authenticate::new(&settings.control).map_err(Error::Settings)?;
     let tls = settings.control.tls.as_ref().map(tls_config).transpose()?;
+    let guard = Guard::new(&settings.outbound)?;
     let nats = nats::connect(&settings.nats, "control").await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
@@ -108,7 +118,13 @@ pub async fn run(
         api_keys = settings.control.api_keys.len(),
         "control listening"
     );
-    let mut server = tonic::transport::Server::builder();
+    // Limits of the gRPC listener: a connection that stops answering keep-alive pings
+    // is dropped, and a client cannot open streams or send headers without bound.
+    let mut server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(GRPC_KEEPALIVE))
+        .http2_keepalive_timeout(Some(GRPC_KEEPALIVE_TIMEOUT))
+        .max_concurrent_streams(GRPC_MAX_STREAMS)
+        .http2_max_header_list_size(GRPC_MAX_HEADER_BYTES);
     if let Some(tls) = tls {
         server = server.tls_config(tls)?;
     }
@@ -120,7 +136,7 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(
             proto::catalog_service_server::CatalogServiceServer::with_interceptor(
-                CatalogApi::new(store.clone()),
+                CatalogApi::new(store.clone(), guard),
                 authenticate.clone(),
             ),
         )

@@ -8,34 +8,46 @@ use std::sync::{
 
 use axum::{
     Router,
-    http::{StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     response::IntoResponse,
     routing::get,
 };
 use tokio::net::TcpListener;
 
-use crate::shutdown::Shutdown;
+use crate::{config::HttpLimits, metrics, shutdown::Shutdown};
 
-/// Serves the admin endpoints on `listener` until `shutdown` starts draining.
-pub async fn serve(listener: TcpListener, shutdown: Shutdown) -> Result<(), std::io::Error> {
+/// Serves the admin endpoints on `listener` under `limits` until `shutdown` starts
+/// draining.
+pub async fn serve(
+    listener: TcpListener,
+    limits: HttpLimits,
+    shutdown: Shutdown,
+) -> Result<(), std::io::Error> {
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(scrape))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready));
     tracing::info!(address = %listener.local_addr()?, "admin listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    crate::http::serve(listener, app, &limits, "admin", shutdown).await
 }
 
-async fn metrics() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        crate::metrics::encode(),
-    )
+/// The metrics in the format the scraper asks for, labelled with its content type.
+async fn scrape(request: HeaderMap) -> impl IntoResponse {
+    let accept = request
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    if metrics::prefers_openmetrics(accept) {
+        (
+            [(header::CONTENT_TYPE, metrics::OPENMETRICS)],
+            metrics::encode(),
+        )
+    } else {
+        (
+            [(header::CONTENT_TYPE, metrics::CLASSIC)],
+            metrics::encode_classic(),
+        )
+    }
 }
 
 /// Whether each NATS connection of the process is up, as its event callback last
@@ -72,15 +84,20 @@ pub async fn ready() -> (StatusCode, &'static str) {
 }
 
 /// Binds `settings.admin.listen` and serves the admin endpoints as a task of
-/// `shutdown`; fails at start-up when the address cannot be bound.
+/// `shutdown`; returns the address bound, and fails at start-up when it cannot be
+/// bound.
 pub async fn start(
     settings: &crate::config::Settings,
     shutdown: &Shutdown,
-) -> Result<(), crate::Error> {
+) -> Result<std::net::SocketAddr, crate::Error> {
     let address = settings.admin.listen;
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|err| crate::Error::Config(format!("admin.listen {address}: {err}")))?;
-    shutdown.spawn("admin", serve(listener, shutdown.clone()));
-    Ok(())
+    let bind_error =
+        |err: std::io::Error| crate::Error::Config(format!("admin.listen {address}: {err}"));
+    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    shutdown.spawn(
+        "admin",
+        serve(listener, settings.admin.http.clone(), shutdown.clone()),
+    );
+    Ok(bound)
 }

@@ -38,6 +38,9 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     /// The admin listener (metrics, health).
     pub admin: AdminSettings,
+    /// Which addresses requests made for the catalog (providers, polled APIs, OAuth2
+    /// token endpoints) may go to.
+    pub outbound: OutboundSettings,
 }
 
 /// The admin listener of a service: `/metrics` and `/healthz`.
@@ -46,14 +49,116 @@ pub struct Settings {
 pub struct AdminSettings {
     /// Address of the admin HTTP listener.
     pub listen: SocketAddr,
+    /// Timeouts and limits of the admin listener.
+    pub http: HttpLimits,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         Self {
-            listen: ([0, 0, 0, 0], 9090).into(),
+            listen: (LOOPBACK, 9090).into(),
+            http: HttpLimits {
+                max_connections: 64,
+                ..HttpLimits::default()
+            },
         }
     }
+}
+
+/// Listeners bind this address unless configured otherwise: nothing is reachable
+/// from the network until a setting says so.
+const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+
+/// Timeouts and limits of an HTTP listener, so that slow or hostile clients cannot
+/// hold its connections or memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpLimits {
+    /// Longest wait for a request's headers, counted from the end of the previous
+    /// response on a kept-alive connection: it is also the idle keep-alive timeout.
+    /// The connection is closed when it passes.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Longest wait for a request's whole body once its headers arrived; a slower body
+    /// is answered 408 and nothing is stored.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Largest request head (request line and every header) in bytes; a larger one
+    /// is answered 431.
+    pub max_header_bytes: usize,
+    /// Largest single header line (name, value and separators) in bytes; a longer
+    /// one is answered 431.
+    pub max_header_line_bytes: usize,
+    /// Most headers in one request; more are answered 431.
+    pub max_headers: usize,
+    /// Connections open at once. Above it new connections wait in the kernel's accept
+    /// queue until one closes; the cap is lowered to fit the process's file limit.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_header_line_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl HttpLimits {
+    fn validate(&self, at: &str, fail: &mut impl FnMut(String, String)) {
+        if self.header_read_timeout.is_zero() {
+            fail(
+                format!("{at}.header_read_timeout"),
+                "must be longer than 0s".into(),
+            );
+        }
+        if self.body_timeout.is_zero() {
+            fail(
+                format!("{at}.body_timeout"),
+                "must be longer than 0s".into(),
+            );
+        }
+        if self.max_header_bytes < 1024 {
+            fail(
+                format!("{at}.max_header_bytes"),
+                "must be at least 1024".into(),
+            );
+        }
+        if self.max_header_line_bytes == 0 || self.max_header_line_bytes > self.max_header_bytes {
+            fail(
+                format!("{at}.max_header_line_bytes"),
+                format!(
+                    "must be between 1 and max_header_bytes ({})",
+                    self.max_header_bytes
+                ),
+            );
+        }
+        if self.max_headers == 0 {
+            fail(format!("{at}.max_headers"), "must be positive".into());
+        }
+        if self.max_connections == 0 {
+            fail(format!("{at}.max_connections"), "must be positive".into());
+        }
+    }
+}
+
+/// Which addresses outbound requests for the catalog may reach. By default loopback,
+/// private (RFC 1918, IPv6 ULA), link-local, CGNAT, multicast, broadcast, reserved and
+/// unspecified addresses are refused; the check is made on every address a name
+/// resolves to, just before connecting.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboundSettings {
+    /// CIDR ranges (or single addresses) that may be called although refused by
+    /// default, e.g. `10.20.0.0/16` for an internal provider.
+    pub allow: Vec<String>,
+    /// CIDR ranges that are refused although public; wins over `allow`.
+    pub deny: Vec<String>,
 }
 
 /// Where secrets referenced by name are read from: `<dir>/<name>`, then the
@@ -180,8 +285,10 @@ pub struct TelemetrySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IngestSettings {
-    /// Address of the public HTTP listener.
+    /// Address of the public HTTP listener (loopback unless set, e.g. `0.0.0.0:8080`).
     pub listen: SocketAddr,
+    /// Timeouts and limits of that listener.
+    pub http: HttpLimits,
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
     /// Longest wait for JetStream to store an event before answering 503.
@@ -231,7 +338,7 @@ impl Default for DeliverySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlSettings {
-    /// Address of the gRPC listener.
+    /// Address of the gRPC listener (loopback unless set).
     pub listen: SocketAddr,
     /// API keys accepted by the control API, stored as hashes.
     pub api_keys: Vec<ApiKeySettings>,
@@ -339,7 +446,8 @@ impl Default for TelemetrySettings {
 impl Default for IngestSettings {
     fn default() -> Self {
         Self {
-            listen: ([0, 0, 0, 0], 8080).into(),
+            listen: (LOOPBACK, 8080).into(),
+            http: HttpLimits::default(),
             max_body_bytes: 1 << 20,
             publish_timeout: Duration::from_secs(5),
             poll_lease_ttl: Duration::from_secs(10),
@@ -359,7 +467,7 @@ impl Default for TransformSettings {
 impl Default for ControlSettings {
     fn default() -> Self {
         Self {
-            listen: ([0, 0, 0, 0], 50051).into(),
+            listen: (LOOPBACK, 50051).into(),
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             tls: None,
@@ -372,7 +480,7 @@ impl Default for DevSettings {
         Self {
             catalog: None,
             store_dir: PathBuf::from(".switchyard"),
-            echo_listen: ([127, 0, 0, 1], 9999).into(),
+            echo_listen: (LOOPBACK, 9999).into(),
         }
     }
 }
@@ -407,6 +515,11 @@ impl Settings {
             config::Environment::with_prefix("SWITCHYARD")
                 .prefix_separator("__")
                 .separator("__")
+                // The CIDR lists may be given comma-separated in one variable.
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("outbound.allow")
+                .with_list_parse_key("outbound.deny")
                 .source(Some(env)),
         );
         let settings: Settings = builder
@@ -417,71 +530,108 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks values that parse but cannot work, naming the key.
+    /// Checks values that parse but cannot work, naming every key that is wrong.
     pub fn validate(&self) -> Result<(), Error> {
-        let fail = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
-        self.nats.servers()?;
-        if !(1..=5).contains(&self.topology.replicas) {
-            return fail("topology.replicas", "must be between 1 and 5");
+        let mut errors: Vec<String> = Vec::new();
+        if let Err(err) = self.nats.servers() {
+            // It names the key and the position of the bad server already.
+            errors.push(match err {
+                Error::Config(message) => message,
+                other => other.to_string(),
+            });
         }
-        if self.topology.duplicate_window.is_zero() {
-            return fail("topology.duplicate_window", "must be longer than 0s");
-        }
-        if self.topology.duplicate_window > self.topology.ingest_max_age {
-            return fail(
+        let topology = &self.topology;
+        let rules = [
+            (
+                (1..=5).contains(&topology.replicas),
+                "topology.replicas",
+                "must be between 1 and 5",
+            ),
+            (
+                !topology.duplicate_window.is_zero(),
+                "topology.duplicate_window",
+                "must be longer than 0s",
+            ),
+            (
+                topology.duplicate_window <= topology.ingest_max_age,
                 "topology.duplicate_window",
                 "must not be longer than topology.ingest_max_age",
-            );
-        }
-        if self.topology.deliver_max_bytes == 0 || self.topology.deliver_max_bytes < -1 {
-            return fail(
+            ),
+            (
+                topology.deliver_max_bytes > 0 || topology.deliver_max_bytes == -1,
                 "topology.deliver_max_bytes",
                 "must be positive or -1 (no cap)",
-            );
-        }
-        if self.topology.idempotency_horizon.is_zero() {
-            return fail("topology.idempotency_horizon", "must be longer than 0s");
-        }
-        if self.ingest.max_body_bytes == 0 {
-            return fail("ingest.max_body_bytes", "must be positive");
-        }
-        if self.ingest.publish_timeout.is_zero() {
-            return fail("ingest.publish_timeout", "must be longer than 0s");
-        }
-        if self.ingest.poll_lease_ttl < Duration::from_secs(1) {
-            return fail("ingest.poll_lease_ttl", "must be at least 1s");
-        }
-        if self.transform.max_in_flight == 0 {
-            return fail("transform.max_in_flight", "must be positive");
-        }
-        if self.delivery.lease_ttl < Duration::from_secs(1) {
-            return fail("delivery.lease_ttl", "must be at least 1s");
-        }
-        if self.transform.ack_wait < Duration::from_secs(1) {
-            return fail("transform.ack_wait", "must be at least 1s");
+            ),
+            (
+                !topology.idempotency_horizon.is_zero(),
+                "topology.idempotency_horizon",
+                "must be longer than 0s",
+            ),
+            (
+                self.ingest.max_body_bytes > 0,
+                "ingest.max_body_bytes",
+                "must be positive",
+            ),
+            (
+                !self.ingest.publish_timeout.is_zero(),
+                "ingest.publish_timeout",
+                "must be longer than 0s",
+            ),
+            (
+                self.ingest.poll_lease_ttl >= Duration::from_secs(1),
+                "ingest.poll_lease_ttl",
+                "must be at least 1s",
+            ),
+            (
+                self.transform.max_in_flight > 0,
+                "transform.max_in_flight",
+                "must be positive",
+            ),
+            (
+                self.delivery.lease_ttl >= Duration::from_secs(1),
+                "delivery.lease_ttl",
+                "must be at least 1s",
+            ),
+            (
+                self.transform.ack_wait >= Duration::from_secs(1),
+                "transform.ack_wait",
+                "must be at least 1s",
+            ),
+        ];
+        let mut fail = |key: String, why: String| errors.push(format!("{key}: {why}"));
+        for (ok, key, why) in rules {
+            if !ok {
+                fail(key.to_owned(), why.to_owned());
+            }
         }
         let mut names = std::collections::HashSet::new();
         for (index, key) in self.control.api_keys.iter().enumerate() {
+            let at = format!("control.api_keys[{index}]");
             if key.name.trim().is_empty() {
-                return fail(
-                    &format!("control.api_keys[{index}].name"),
-                    "must not be empty",
-                );
-            }
-            if !names.insert(key.name.as_str()) {
-                return fail(
-                    &format!("control.api_keys[{index}].name"),
-                    &format!("{} is named twice", key.name),
-                );
+                fail(format!("{at}.name"), "must not be empty".into());
+            } else if !names.insert(key.name.as_str()) {
+                fail(format!("{at}.name"), format!("{} is named twice", key.name));
             }
             if crate::apikey::parse_hash(&key.hash).is_none() {
-                return fail(
-                    &format!("control.api_keys[{index}].hash"),
-                    "must be sha256:<64 hex digits> (syctl keys create prints one)",
+                fail(
+                    format!("{at}.hash"),
+                    "must be sha256:<64 hex digits> (syctl keys create prints one)".into(),
                 );
             }
         }
-        Ok(())
+        self.ingest.http.validate("ingest.http", &mut fail);
+        self.admin.http.validate("admin.http", &mut fail);
+        for error in crate::outbound::parse_ranges(&self.outbound)
+            .err()
+            .unwrap_or_default()
+        {
+            fail(error.path, error.message);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(errors.join("; ")))
+        }
     }
 }
 

@@ -97,6 +97,13 @@ pub struct ConsumerLabels {
     pub consumer: String,
 }
 
+/// An HTTP listener.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `ingest` or `admin`.
+    pub listener: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric Switchyard exports.
@@ -129,6 +136,8 @@ pub struct Metrics {
     pub consumer_ack_pending: Family<ConsumerLabels, Gauge>,
     /// Dead letters per provider.
     pub dlq_depth: Family<ProviderLabels, Gauge>,
+    /// Open connections per HTTP listener.
+    pub http_connections: Family<ListenerLabels, Gauge>,
     registry: Registry,
 }
 
@@ -226,6 +235,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     let dlq_depth = Family::<ProviderLabels, Gauge>::default();
     registry.register("dlq_depth", "Dead letters per provider", dlq_depth.clone());
+    let http_connections = Family::<ListenerLabels, Gauge>::default();
+    registry.register(
+        "http_connections",
+        "Open connections per HTTP listener",
+        http_connections.clone(),
+    );
     Metrics {
         breaker_state,
         breaker_transitions,
@@ -241,6 +256,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         consumer_pending,
         consumer_ack_pending,
         dlq_depth,
+        http_connections,
         registry,
     }
 });
@@ -291,12 +307,74 @@ pub async fn watch_consumer(
     }
 }
 
-/// Every metric in the Prometheus text format.
+/// The content type of [`encode`]'s output.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`encode_classic`]'s output.
+pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every metric in the OpenMetrics 1.0 text format.
 pub fn encode() -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &METRICS.registry)
         .expect("writing to a String cannot fail");
     text
+}
+
+/// Every metric in the classic Prometheus text format (0.0.4), for scrapers that do
+/// not ask for OpenMetrics.
+pub fn encode_classic() -> String {
+    to_classic(&encode())
+}
+
+/// Rewrites OpenMetrics text as the classic format: a counter's `HELP` and `TYPE`
+/// name its samples (`…_total`), and there is no `# EOF` or `# UNIT`. The other types
+/// are written the same in both.
+fn to_classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Which format an `Accept` header prefers: OpenMetrics when it is accepted at least
+/// as much as the classic text (Prometheus asks for it first), the classic text
+/// otherwise.
+pub fn prefers_openmetrics(accept: &str) -> bool {
+    let quality = |wanted: &str| {
+        accept
+            .split(',')
+            .filter_map(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next()?.to_ascii_lowercase();
+                let q = parts
+                    .filter_map(|param| param.strip_prefix("q="))
+                    .find_map(|q| q.parse::<f32>().ok())
+                    .unwrap_or(1.0);
+                (media == wanted).then_some(q)
+            })
+            .fold(0.0_f32, f32::max)
+    };
+    let openmetrics = quality("application/openmetrics-text");
+    openmetrics > 0.0 && openmetrics >= quality("text/plain")
 }
 
 #[cfg(test)]
@@ -322,5 +400,28 @@ mod tests {
             text.contains("switchyard_delivery_duration_seconds_bucket"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_classic_format_names_counters_by_their_samples() {
+        let openmetrics = "# HELP switchyard_retries Failed attempts.\n# TYPE switchyard_retries counter\nswitchyard_retries_total{provider=\"crm\"} 3\n# HELP switchyard_dlq_depth Dead letters.\n# TYPE switchyard_dlq_depth gauge\nswitchyard_dlq_depth{provider=\"crm\"} 1\n# EOF\n";
+        assert_eq!(
+            to_classic(openmetrics),
+            "# HELP switchyard_retries_total Failed attempts.\n# TYPE switchyard_retries_total counter\nswitchyard_retries_total{provider=\"crm\"} 3\n# HELP switchyard_dlq_depth Dead letters.\n# TYPE switchyard_dlq_depth gauge\nswitchyard_dlq_depth{provider=\"crm\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn the_format_follows_the_accept_header() {
+        // What Prometheus 2.x sends.
+        assert!(prefers_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!prefers_openmetrics("text/plain;version=0.0.4"));
+        assert!(!prefers_openmetrics("*/*"));
+        assert!(!prefers_openmetrics(""));
+        assert!(!prefers_openmetrics(
+            "text/plain, application/openmetrics-text;q=0.5"
+        ));
     }
 }

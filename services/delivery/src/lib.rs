@@ -53,6 +53,7 @@ use switchyard_core::{
     metrics::{self, DeliveryLabels, ProviderLabels, ProviderRouteLabels, TransitionLabels},
     nats::{self, Nats},
     operator::{self, BreakerRecord, Command, LiveStatus, Pause},
+    outbound::{ClientOptions, Failure, FailureKind, Guard},
     ratelimit::Limiter,
     secrets::SecretSource,
     shutdown::Shutdown,
@@ -111,18 +112,36 @@ struct Target {
     auth: Authenticator,
 }
 
-impl Target {
-    fn new(provider: &Provider, secrets: &SecretSource) -> Result<Self, Error> {
-        let client = Sender::client(provider)?;
-        Ok(Self {
+/// What a provider's [`Target`] is built from: the secrets it names and the guard
+/// that decides where its requests may go.
+struct Targets {
+    secrets: SecretSource,
+    guard: Guard,
+}
+
+impl Targets {
+    /// The provider ready to call; fails when a secret is missing or unusable, or
+    /// when its URL names an address the guard refuses.
+    fn build(&self, provider: &Provider) -> Result<Target, Error> {
+        let owner = format!("provider {}", provider.name);
+        self.guard
+            .check_provider(provider)
+            .map_err(|err| Error::Provider {
+                provider: provider.name.clone(),
+                reason: err.to_string(),
+            })?;
+        let client = self.guard.client(ClientOptions {
+            owner: &owner,
+            timeout: Some(provider.timeout),
+            connect_timeout: provider.timeout.min(Duration::from_secs(10)),
+            redirects: 0,
+            tls: provider.tls.as_ref(),
+            secrets: &self.secrets,
+        })?;
+        Ok(Target {
             provider: provider.clone(),
-            auth: Authenticator::new(
-                &format!("provider {}", provider.name),
-                provider.auth.as_ref(),
-                secrets,
-                &client,
-            )?,
-            sender: Sender::new(provider, secrets, client)?,
+            auth: Authenticator::new(&owner, provider.auth.as_ref(), &self.secrets, &client)?,
+            sender: Sender::new(provider, &self.secrets, client)?,
         })
     }
 }
@@ -162,14 +181,17 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         .await?
         .watch(&shutdown)
         .await?;
-    let secrets = SecretSource::new(&settings.secrets.dir);
+    let targets = Targets {
+        secrets: SecretSource::new(&settings.secrets.dir),
+        guard: Guard::new(&settings.outbound)?,
+    };
     let instance = settings
         .delivery
         .instance
         .clone()
         .unwrap_or_else(lease::default_instance);
 
-    let Some(mut target) = wait_for_provider(&mut catalog, &provider, &secrets, &shutdown).await?
+    let Some(mut target) = wait_for_provider(&mut catalog, &provider, &targets, &shutdown).await?
     else {
         return Ok(());
     };
@@ -218,7 +240,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         };
         let (_, delivered, (), _, ()) = tokio::join!(
             keep,
-            deliver(&shared, &mut target, &mut catalog, &secrets, &active),
+            deliver(&shared, &mut target, &mut catalog, &targets, &active),
             answer_operators(&shared, &active),
             metrics::watch_consumer(
                 shared.nats.jetstream.clone(),
@@ -244,7 +266,7 @@ async fn deliver(
     shared: &Arc<Shared>,
     target: &mut Arc<Target>,
     catalog: &mut watch::Receiver<Arc<Snapshot>>,
-    secrets: &SecretSource,
+    targets: &Targets,
     active: &Shutdown,
 ) -> Result<(), Error> {
     let provider = &shared.provider;
@@ -272,7 +294,7 @@ async fn deliver(
     let mut tasks = JoinSet::new();
     loop {
         if catalog.has_changed().unwrap_or(false)
-            && let Some(updated) = refresh(catalog, provider, secrets)
+            && let Some(updated) = refresh(catalog, provider, targets)
         {
             shared
                 .limiter
@@ -342,13 +364,13 @@ async fn deliver(
 async fn wait_for_provider(
     catalog: &mut watch::Receiver<Arc<Snapshot>>,
     provider: &str,
-    secrets: &SecretSource,
+    targets: &Targets,
     shutdown: &Shutdown,
 ) -> Result<Option<Arc<Target>>, Error> {
     loop {
         let snapshot = catalog.borrow_and_update().clone();
         if let Some(config) = snapshot.catalog.provider(provider) {
-            return Ok(Some(Arc::new(Target::new(config, secrets)?)));
+            return Ok(Some(Arc::new(targets.build(config)?)));
         }
         tracing::warn!(
             provider,
@@ -365,7 +387,7 @@ async fn wait_for_provider(
 fn refresh(
     catalog: &mut watch::Receiver<Arc<Snapshot>>,
     provider: &str,
-    secrets: &SecretSource,
+    targets: &Targets,
 ) -> Option<Arc<Target>> {
     let snapshot = catalog.borrow_and_update().clone();
     let Some(config) = snapshot.catalog.provider(provider) else {
@@ -376,7 +398,7 @@ fn refresh(
         );
         return None;
     };
-    match Target::new(config, secrets) {
+    match targets.build(config) {
         Ok(target) => {
             tracing::info!(
                 provider,
@@ -806,6 +828,7 @@ impl Delivery {
             status: answer.status,
             latency_ms: answer.latency.as_secs_f64() * 1000.0,
             category,
+            error: Some(answer.error_kind()).filter(|kind| *kind != "none"),
             reason: reason.as_deref(),
         });
         match (verdict, category) {
@@ -947,7 +970,10 @@ impl Delivery {
                 Ok(credentials) => credentials,
                 Err(err) => {
                     let answer = Answer {
-                        error: Some(err.to_string()),
+                        failure: Some(Failure {
+                            kind: FailureKind::Other,
+                            message: err.to_string(),
+                        }),
                         not_sent: true,
                         ..Default::default()
                     };

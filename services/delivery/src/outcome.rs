@@ -23,6 +23,10 @@ pub struct Attempt<'a> {
     pub latency_ms: f64,
     /// `delivered`, `retry`, `deferred`, `rejected` or `exhausted`.
     pub category: &'a str,
+    /// What kind of failure (`http_5xx`, `timeout`, `tls`, `blocked`, …); absent
+    /// when it succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
     /// Why it did not succeed.
     pub reason: Option<&'a str>,
 }

@@ -4,7 +4,8 @@
 //! `Retry-After`: the whole provider pauses and the message's retry budget is not
 //! spent); retryable (timeouts, connection errors, and the statuses in the provider's
 //! `retry_on`, by default 408, 425, 429 and 5xx); unauthorized (401, retried once with
-//! fresh OAuth2 credentials); rejected (anything else). It alone decides between ack,
+//! fresh OAuth2 credentials); rejected (anything else, and a request the outbound
+//! guard blocked, which no retry can change). It alone decides between ack,
 //! NAK with a delay and the dead-letter queue.
 
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use switchyard_core::{
     catalog::{self, Provider, RetryPolicy},
     headers,
+    outbound::{Failure, FailureKind},
     secrets::{ExposeSecret, SecretSource},
     telemetry,
 };
@@ -27,8 +29,9 @@ const RESPONSE_EXCERPT: usize = 512;
 pub struct Answer {
     /// The HTTP status, when the provider answered.
     pub status: Option<u16>,
-    /// What went wrong before any answer (timeout, connection, credentials).
-    pub error: Option<String>,
+    /// What went wrong before any answer (timeout, connection, TLS, blocked,
+    /// credentials).
+    pub failure: Option<Failure>,
     /// The request was never sent (its credentials could not be obtained).
     pub not_sent: bool,
     /// `Retry-After`, as a delay from now.
@@ -44,19 +47,19 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The kind of failure for metrics: `none` for a 2xx, else `http_429`,
-    /// `http_4xx`, `http_5xx`, `timeout`, `connect`, `credentials` or `other`.
+    /// The kind of failure for metrics and outcome records: `none` for a 2xx, else
+    /// `http_429`, `http_4xx`, `http_5xx`, `timeout`, `connect`, `tls`, `blocked`,
+    /// `credentials` or `other`.
     pub fn error_kind(&self) -> &'static str {
-        match (self.status, &self.error) {
+        match (self.status, &self.failure) {
             (Some(200..=299), _) => "none",
             (Some(429), _) => "http_429",
             (Some(400..=499), _) => "http_4xx",
             (Some(500..=599), _) => "http_5xx",
             (Some(_), _) => "other",
             (None, _) if self.not_sent => "credentials",
-            (None, Some(error)) if error.starts_with("timed out") => "timeout",
-            (None, Some(error)) if error.starts_with("connection failed") => "connect",
-            (None, _) => "other",
+            (None, Some(failure)) => failure.kind.as_str(),
+            (None, None) => "other",
         }
     }
 
@@ -99,7 +102,10 @@ pub enum Verdict {
 /// Classifies `answer` under `retry`.
 pub fn classify(answer: &Answer, retry: &RetryPolicy) -> Verdict {
     let Some(status) = answer.status else {
-        return Verdict::Retryable;
+        return match &answer.failure {
+            Some(failure) if failure.kind == FailureKind::Blocked => Verdict::Rejected,
+            _ => Verdict::Retryable,
+        };
     };
     match (status, answer.retry_after) {
         (200..=299, _) => Verdict::Delivered,
@@ -113,8 +119,8 @@ pub fn classify(answer: &Answer, retry: &RetryPolicy) -> Verdict {
 impl Answer {
     /// Why this attempt did not succeed, for logs, outcome records and dead letters.
     pub fn reason(&self) -> Option<String> {
-        if let Some(error) = &self.error {
-            return Some(error.clone());
+        if let Some(failure) = &self.failure {
+            return Some(failure.message.clone());
         }
         let status = self.status?;
         if (200..300).contains(&status) {
@@ -212,20 +218,6 @@ impl Sender {
         )
     }
 
-    /// The HTTP client for `provider`: its timeout, no redirects.
-    pub fn client(provider: &Provider) -> Result<reqwest::Client, Error> {
-        reqwest::Client::builder()
-            .timeout(provider.timeout)
-            .connect_timeout(provider.timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|err| Error::Provider {
-                provider: provider.name.clone(),
-                reason: format!("HTTP client: {err}"),
-            })
-    }
-
     /// Sends `body` with `extra` headers (metadata, trace context, authentication).
     pub async fn send(&self, body: bytes::Bytes, extra: HeaderMap) -> Answer {
         let request = self
@@ -255,16 +247,7 @@ impl Sender {
                     answer.excerpt = excerpt(response).await;
                 }
             }
-            Err(err) => {
-                let kind = if err.is_timeout() {
-                    "timed out"
-                } else if err.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
-                answer.error = Some(format!("{kind}: {}", error_chain(&err)));
-            }
+            Err(err) => answer.failure = Some(Failure::of(&err)),
         }
         answer.latency = started.elapsed();
         answer
@@ -321,17 +304,6 @@ async fn excerpt(mut response: reqwest::Response) -> String {
     headers::sanitize_value(&String::from_utf8_lossy(&bytes))
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,11 +344,31 @@ mod tests {
                 "{status}"
             );
         }
-        let timeout = Answer {
-            error: Some("timed out".into()),
+        let failed = |kind| Answer {
+            failure: Some(Failure {
+                kind,
+                message: "…".into(),
+            }),
             ..Default::default()
         };
-        assert_eq!(classify(&timeout, &retry), Verdict::Retryable);
+        for kind in [
+            FailureKind::Timeout,
+            FailureKind::Connect,
+            FailureKind::Tls,
+            FailureKind::Other,
+        ] {
+            assert_eq!(
+                classify(&failed(kind), &retry),
+                Verdict::Retryable,
+                "{kind:?}"
+            );
+        }
+        assert_eq!(
+            classify(&failed(FailureKind::Blocked), &retry),
+            Verdict::Rejected
+        );
+        assert_eq!(failed(FailureKind::Blocked).error_kind(), "blocked");
+        assert_eq!(failed(FailureKind::Tls).error_kind(), "tls");
     }
 
     #[test]

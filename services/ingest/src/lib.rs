@@ -36,6 +36,7 @@ use switchyard_core::{
     event, headers,
     metrics::{self, IngestLabels, SourceLabels},
     nats::{self, Nats},
+    outbound::Guard,
     secrets::SecretSource,
     shutdown::Shutdown,
     telemetry, topology,
@@ -85,20 +86,24 @@ pub async fn run(
         .watch(&shutdown)
         .await?;
     let secrets = SecretSource::new(&settings.secrets.dir);
-    let client = poll::client();
-    let sources =
-        sources::track(catalog, secrets, client.clone(), &shutdown).map_err(Error::Source)?;
+    let guard = Guard::new(&settings.outbound)?;
+    let sources = sources::track(catalog, secrets, guard, &shutdown).map_err(Error::Source)?;
     let state = Arc::new(Ingest {
         nats,
         sources,
         max_body_bytes: settings.ingest.max_body_bytes,
         publish_timeout: settings.ingest.publish_timeout,
     });
-    poll::start(state.clone(), client, &settings, &shutdown);
+    poll::start(state.clone(), &settings, &shutdown);
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    switchyard_core::http::serve(
+        listener,
+        router(state),
+        &settings.ingest.http,
+        "ingest",
+        shutdown,
+    )
+    .await?;
     Ok(())
 }
 
@@ -397,6 +402,8 @@ async fn read_body(
         let err = err.into_inner();
         if err.is::<http_body_util::LengthLimitError>() {
             Problem::too_large(limit)
+        } else if switchyard_core::http::is_body_timeout(err.as_ref()) {
+            Problem::request_timeout(err.to_string())
         } else {
             Problem::bad_request(format!("the body could not be read: {err}"))
         }

@@ -14,24 +14,14 @@ use reqwest::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchyard_core::{
-    catalog::validate_event_type, config::Settings, lease, ratelimit::parse_retry_after,
-    shutdown::Shutdown, topology,
+    catalog::validate_event_type, config::Settings, lease, outbound::Failure,
+    ratelimit::parse_retry_after, shutdown::Shutdown, topology,
 };
 
 use crate::{
     Ingest, Outgoing, is_valid_key, publish,
     sources::{self, PollSetup, Ready},
 };
-
-/// The HTTP client pollers (and their OAuth2 token requests) use.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client builds with rustls")
-}
 
 /// What a poller remembers between polls, in KV under `poll.<source>`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,12 +36,7 @@ pub struct Position {
 
 /// Starts a poller for every polled source and keeps the set current as the
 /// catalog changes: a poller whose settings changed is restarted, a removed one stops.
-pub fn start(
-    state: Arc<Ingest>,
-    client: reqwest::Client,
-    settings: &Settings,
-    shutdown: &Shutdown,
-) {
+pub fn start(state: Arc<Ingest>, settings: &Settings, shutdown: &Shutdown) {
     let instance = settings
         .delivery
         .instance
@@ -94,7 +79,6 @@ pub fn start(
                 let stop = scope.child();
                 let poller = Poller {
                     state: state.clone(),
-                    client: client.clone(),
                     source: name.clone(),
                     setup: setup.clone(),
                     stop: stop.clone(),
@@ -123,7 +107,6 @@ pub fn start(
 
 struct Poller {
     state: Arc<Ingest>,
-    client: reqwest::Client,
     source: String,
     setup: Arc<PollSetup>,
     stop: Shutdown,
@@ -204,7 +187,7 @@ impl Poller {
             Ok(_) => Position::default(),
             Err(err) => return Err(format!("reading the saved position: {err}")),
         };
-        let mut request = self.client.get(&poll.url).timeout(poll.timeout);
+        let mut request = self.setup.client.get(&poll.url).timeout(poll.timeout);
         let cursor = position
             .cursor
             .clone()
@@ -227,7 +210,7 @@ impl Poller {
             .headers(auth)
             .send()
             .await
-            .map_err(|err| format!("GET {}: {err}", poll.url))?;
+            .map_err(|err| format!("GET {}: {}", poll.url, Failure::of(&err).message))?;
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED {
             return Ok(Polled::Nothing);

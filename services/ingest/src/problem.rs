@@ -127,6 +127,19 @@ impl Problem {
         }
     }
 
+    /// 408: the body did not arrive in time; nothing was stored.
+    pub fn request_timeout(detail: impl Into<String>) -> Self {
+        Self {
+            close_connection: true,
+            ..Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "Request body too slow",
+                format!("{}; nothing was stored, send it again", detail.into()),
+            )
+        }
+    }
+
     /// 415: the body is not JSON.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(

@@ -13,6 +13,7 @@ use switchyard_core::{
     catalog::{Extract, Poll, Snapshot, Source, matches_any},
     contract::{Contract, Violation},
     mapping::Program,
+    outbound::{ClientOptions, Guard},
     ratelimit::Limiter,
     secrets::SecretSource,
     shutdown::Shutdown,
@@ -20,6 +21,11 @@ use switchyard_core::{
 use tokio::sync::watch;
 
 use crate::verify::{ApiKeys, Verifier};
+
+/// Longest time to connect to a polled API (or its token endpoint).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Redirects a poll follows, each checked by the outbound guard.
+const MAX_REDIRECTS: usize = 5;
 
 /// A source ready to serve.
 pub struct Ready {
@@ -36,10 +42,13 @@ pub struct Ready {
     contracts: Vec<(Vec<String>, Contract)>,
 }
 
-/// A polled source's settings with its authentication and cursor program ready.
+/// A polled source's settings with its HTTP client, authentication and cursor
+/// program ready.
 pub struct PollSetup {
     /// The settings.
     pub config: Poll,
+    /// The client of its requests and token requests: guarded, with its TLS settings.
+    pub client: reqwest::Client,
     /// How each request authenticates.
     pub auth: Authenticator,
     /// The compiled cursor expression, when the cursor is VRL.
@@ -50,19 +59,27 @@ impl Ready {
     fn build(
         source: &Source,
         secrets: &SecretSource,
-        client: &reqwest::Client,
+        guard: &Guard,
         limiter: Option<Arc<Limiter>>,
     ) -> Result<Self, String> {
         let poller = match &source.poll {
             None => None,
             Some(poll) => {
-                let auth = Authenticator::new(
-                    &format!("source {}", source.name),
-                    poll.auth.as_ref(),
-                    secrets,
-                    client,
-                )
-                .map_err(|err| err.to_string())?;
+                let owner = format!("source {}", source.name);
+                guard.check_poll(poll).map_err(|err| err.to_string())?;
+                let client = guard
+                    .client(ClientOptions {
+                        owner: &owner,
+                        // Each request sets the poll's timeout.
+                        timeout: None,
+                        connect_timeout: CONNECT_TIMEOUT,
+                        redirects: MAX_REDIRECTS,
+                        tls: poll.tls.as_ref(),
+                        secrets,
+                    })
+                    .map_err(|err| err.to_string())?;
+                let auth = Authenticator::new(&owner, poll.auth.as_ref(), secrets, &client)
+                    .map_err(|err| err.to_string())?;
                 let cursor_program = match poll
                     .cursor
                     .as_ref()
@@ -76,6 +93,7 @@ impl Ready {
                 };
                 Some(Arc::new(PollSetup {
                     config: poll.clone(),
+                    client,
                     auth,
                     cursor_program,
                 }))
@@ -148,7 +166,7 @@ impl Sources {
     pub fn build(
         snapshot: &Snapshot,
         secrets: &SecretSource,
-        client: &reqwest::Client,
+        guard: &Guard,
         previous: Option<&Sources>,
     ) -> (Self, Vec<String>) {
         let mut errors = Vec::new();
@@ -160,7 +178,7 @@ impl Sources {
             let entry = match Ready::build(
                 source,
                 secrets,
-                client,
+                guard,
                 before.map(|ready| ready.limiter.clone()),
             ) {
                 Ok(ready) => Ok(Arc::new(ready)),
@@ -208,11 +226,11 @@ impl Sources {
 pub fn track(
     mut catalog: watch::Receiver<Arc<Snapshot>>,
     secrets: SecretSource,
-    client: reqwest::Client,
+    guard: Guard,
     shutdown: &Shutdown,
 ) -> Result<watch::Receiver<Arc<Sources>>, String> {
     let first = catalog.borrow_and_update().clone();
-    let (sources, errors) = Sources::build(&first, &secrets, &client, None);
+    let (sources, errors) = Sources::build(&first, &secrets, &guard, None);
     if !errors.is_empty() {
         return Err(errors.join("; "));
     }
@@ -226,7 +244,7 @@ pub fn track(
             }
             let snapshot = catalog.borrow_and_update().clone();
             let previous = sender.borrow().clone();
-            let (sources, errors) = Sources::build(&snapshot, &secrets, &client, Some(&previous));
+            let (sources, errors) = Sources::build(&snapshot, &secrets, &guard, Some(&previous));
             for error in errors {
                 tracing::error!(
                     revision = snapshot.revision,
@@ -305,10 +323,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("GH_SECRET"), "s3cr3t").unwrap();
         let secrets = SecretSource::new(dir.path());
-        let client = reqwest::Client::new();
+        let guard = Guard::new(&Default::default()).unwrap();
 
         let (first, errors) =
-            Sources::build(&snapshot(&github("GH_SECRET"), 1), &secrets, &client, None);
+            Sources::build(&snapshot(&github("GH_SECRET"), 1), &secrets, &guard, None);
         assert!(errors.is_empty(), "{errors:?}");
         let Lookup::Ready(before) = first.get("gh") else {
             panic!("gh is ready")
@@ -320,7 +338,7 @@ mod tests {
         let (second, errors) = Sources::build(
             &snapshot(&github("GH_SECRET_V2"), 2),
             &secrets,
-            &client,
+            &guard,
             Some(&first),
         );
         assert_eq!(errors.len(), 1);
@@ -342,7 +360,7 @@ mod tests {
         let (fresh, errors) = Sources::build(
             &snapshot(&github("GH_SECRET_V2"), 2),
             &secrets,
-            &client,
+            &guard,
             None,
         );
         assert_eq!(errors.len(), 1);

@@ -2,7 +2,7 @@
 //! echo provider, all in this process, against a NATS server it starts itself (with
 //! its store under `.switchyard/`) unless `--nats-url` names one.
 
-use std::{collections::HashSet, path::PathBuf, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::Request, http::StatusCode};
@@ -11,6 +11,7 @@ use switchyard_core::{
     config::{LogFormat, SecretsSettings, Settings},
     local_server::LocalNatsServer,
     nats,
+    outbound::{self, Guard},
     shutdown::Shutdown,
     telemetry, topology,
 };
@@ -33,6 +34,18 @@ pub struct Args {
 /// Largest echoed body shown in the log.
 const ECHO_LOG_LIMIT: usize = 2048;
 
+/// Address ranges `switchyard dev` lets deliveries and polls reach, on top of
+/// `outbound.allow`: this machine, where the echo provider and local mocks run.
+const LOCAL_PROVIDERS: &[&str] = &["127.0.0.0/8", "::1/128"];
+
+/// The addresses the listeners actually bound.
+struct Bound {
+    ingest: SocketAddr,
+    control: SocketAddr,
+    echo: SocketAddr,
+    admin: SocketAddr,
+}
+
 pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     let mut settings = Settings::load(config.as_deref())?;
     settings.telemetry.log_format = if args.json_logs {
@@ -47,9 +60,20 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     }
     // A laptop needs no keys; a configured key still turns the check on.
     if settings.control.api_keys.is_empty() && !settings.control.allow_unauthenticated {
-        tracing::warn!("no control.api_keys: the control API accepts every caller as admin");
         settings.control.allow_unauthenticated = true;
     }
+    // Providers on a laptop run on it: the echo provider, a local mock.
+    for range in LOCAL_PROVIDERS {
+        if !settings
+            .outbound
+            .allow
+            .iter()
+            .any(|allowed| allowed == range)
+        {
+            settings.outbound.allow.push((*range).to_owned());
+        }
+    }
+    let guard = Guard::new(&settings.outbound)?;
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
 
@@ -73,10 +97,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
     if let Some(path) = args.catalog.or_else(|| settings.dev.catalog.clone()) {
-        apply_file(&store, &path).await?;
+        apply_file(&store, &guard, &path).await?;
     }
 
-    switchyard_core::admin::start(&settings, &shutdown).await?;
+    let admin_address = switchyard_core::admin::start(&settings, &shutdown).await?;
     let echo = bind(settings.dev.echo_listen, "dev.echo_listen").await?;
     let ingest = bind(settings.ingest.listen, "ingest.listen").await?;
     let control = bind(settings.control.listen, "control.listen").await?;
@@ -106,11 +130,14 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     print_banner(
         &catalog,
         &settings.nats.display_servers(),
-        ingest_address,
-        control_address,
-        echo_address,
-        settings.admin.listen.port(),
+        Bound {
+            ingest: ingest_address,
+            control: control_address,
+            echo: echo_address,
+            admin: admin_address,
+        },
         &settings.secrets.dir,
+        settings.control.api_keys.is_empty(),
     );
     shutdown.wait(Duration::from_secs(30)).await?;
     Ok(())
@@ -127,11 +154,18 @@ async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpLis
 }
 
 /// Applies a catalog file on top of what is stored (nothing is deleted).
-async fn apply_file(store: &CatalogStore, path: &std::path::Path) -> anyhow::Result<()> {
+async fn apply_file(
+    store: &CatalogStore,
+    guard: &Guard,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("catalog {}", path.display()))?;
     let bundle =
         Catalog::parse_yaml(&text).with_context(|| format!("catalog {}", path.display()))?;
+    guard
+        .check_catalog(&bundle)
+        .with_context(|| format!("catalog {}", path.display()))?;
     let current = store.load().await?;
     let (next, changes) = current
         .catalog
@@ -227,27 +261,45 @@ async fn serve_echo(listener: TcpListener, shutdown: Shutdown) -> anyhow::Result
 fn print_banner(
     catalog: &Catalog,
     nats_url: &str,
-    ingest: std::net::SocketAddr,
-    control: std::net::SocketAddr,
-    echo: std::net::SocketAddr,
-    admin_port: u16,
+    bound: Bound,
     secrets_dir: &std::path::Path,
+    no_api_keys: bool,
 ) {
-    let host = |address: std::net::SocketAddr| {
+    // What a local client should call: the bound address, or loopback for a listener
+    // on every interface.
+    let local = |address: SocketAddr| {
         if address.ip().is_unspecified() {
-            format!("127.0.0.1:{}", address.port())
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), address.port())
         } else {
-            address.to_string()
+            address
+        }
+    };
+    let reach = |address: SocketAddr| {
+        if outbound::is_loopback(address.ip()) {
+            "this machine only"
+        } else {
+            "reachable from the network"
         }
     };
     let mut banner = format!(
-        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{}\n  control   {} (gRPC; try `syctl get`)\n  echo      http://{} (logs every delivery)\n  metrics   http://127.0.0.1:{}/metrics\n  secrets   {} (files named after the secret)\n",
-        host(ingest),
-        host(control),
-        host(echo),
-        admin_port,
+        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{} ({})\n  control   {} (gRPC, {}; try `syctl get`)\n  echo      http://{} (logs every delivery)\n  metrics   http://{}/metrics ({})\n  secrets   {} (files named after the secret)\n",
+        bound.ingest,
+        reach(bound.ingest),
+        bound.control,
+        reach(bound.control),
+        bound.echo,
+        bound.admin,
+        reach(bound.admin),
         secrets_dir.display(),
     );
+    if no_api_keys && !outbound::is_loopback(bound.control.ip()) {
+        let warning = format!(
+            "the control API on {} is reachable beyond this machine and accepts every caller as admin: set control.api_keys, or bind control.listen to 127.0.0.1",
+            bound.control
+        );
+        tracing::warn!("{warning}");
+        banner.push_str(&format!("\n  WARNING: {warning}\n"));
+    }
     if let Some(route) = catalog.routes.first() {
         let event_type = route
             .event_types
@@ -257,7 +309,7 @@ fn print_banner(
             });
         banner.push_str(&format!(
             "\nSend an event:\n  curl -sS -X POST 'http://{}/v1/events/{}?type={event_type}' \\\n    -H 'Content-Type: application/json' -H 'Idempotency-Key: order-1001' \\\n    -d '{{\"id\":\"1001\",\"customer\":{{\"email\":\"Ada@Example.com\"}},\"total\":\"42.50\",\"currency\":\"eur\"}}'\n",
-            host(ingest),
+            local(bound.ingest),
             route.source,
         ));
     } else {

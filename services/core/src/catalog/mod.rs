@@ -13,7 +13,7 @@ mod store;
 use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 pub use policy::{
-    Auth, Backoff, BreakerPolicy, Delay, OAuth2, RateLimit, RetryPolicy,
+    Auth, Backoff, BreakerPolicy, ClientTls, Delay, OAuth2, RateLimit, RetryPolicy,
     STANDARD_WEBHOOKS_SCHEDULE, SecretName, StatusMatch,
 };
 use serde::{Deserialize, Serialize};
@@ -69,6 +69,10 @@ pub struct Provider {
     /// How each request authenticates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// Client certificate (mutual TLS) and extra trust roots, also for its OAuth2
+    /// token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
     /// Requests allowed over time; none means no limit beyond `max_in_flight`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -705,6 +709,9 @@ fn validate_provider(provider: &Provider, at: &str, fail: &mut impl FnMut(String
             ),
             _ => {}
         }
+    }
+    if let Some(tls) = &provider.tls {
+        tls.validate(&format!("{at}.tls"), fail);
     }
     validate_policies(provider, at, fail);
 }

@@ -16,6 +16,56 @@ pub struct SecretName {
     pub secret: String,
 }
 
+/// TLS of outgoing requests: a client certificate for mutual TLS, and trust roots
+/// beyond the public ones. Each is a secret holding PEM text.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// The client certificate chain presented to the server (with `client_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<SecretName>,
+    /// The private key of `client_cert`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<SecretName>,
+    /// CA certificates trusted in addition to the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretName>,
+}
+
+impl ClientTls {
+    /// Reports a certificate without its key (or the reverse) and bad secret names.
+    pub(super) fn validate(&self, at: &str, fail: &mut impl FnMut(String, String)) {
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => fail(
+                format!("{at}.client_key"),
+                "is needed with client_cert".into(),
+            ),
+            (None, Some(_)) => fail(
+                format!("{at}.client_cert"),
+                "is needed with client_key".into(),
+            ),
+            _ => {}
+        }
+        for (field, name) in [
+            ("client_cert", &self.client_cert),
+            ("client_key", &self.client_key),
+            ("ca", &self.ca),
+        ] {
+            if let Some(name) = name
+                && !crate::secrets::is_valid_name(&name.secret)
+            {
+                fail(
+                    format!("{at}.{field}.secret"),
+                    format!(
+                        "{:?} is not a valid secret name (letters, digits, '_', '-', '.')",
+                        name.secret
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// How each request proves who sends it. Written as a map with exactly one key,
 /// e.g. `auth: { bearer: { secret: CRM_TOKEN } }`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Auth, RateLimit};
+use super::{Auth, ClientTls, RateLimit};
 
 /// A system that sends events in, over HTTP or NATS, or that ingest polls.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -333,6 +333,10 @@ pub struct Poll {
     /// How each request authenticates (as for providers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Auth>,
+    /// Client certificate (mutual TLS) and extra trust roots, also for its OAuth2
+    /// token endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
     /// JSON pointer to the array of items in the response; empty when the response is
     /// the array.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -464,6 +468,9 @@ pub(super) fn validate(source: &Source, at: &str, fail: &mut impl FnMut(String, 
         }
         if poll.interval < Duration::from_secs(1) {
             fail(format!("{path}.interval"), "must be at least 1s".into());
+        }
+        if let Some(tls) = &poll.tls {
+            tls.validate(&format!("{path}.tls"), fail);
         }
         if poll.timeout.is_zero() {
             fail(format!("{path}.timeout"), "must be longer than 0s".into());
