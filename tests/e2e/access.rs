@@ -1,7 +1,5 @@
 //! Who may use the control API: API keys with scopes, TLS and mutual TLS.
 
-use std::path::Path;
-
 use switchyard_control::proto::{
     ApplyRequest, ListResourcesRequest, catalog_service_client::CatalogServiceClient,
 };
@@ -149,34 +147,10 @@ async fn the_control_api_refuses_to_start_open_unless_asked() {
     assert!(err.contains("control.api_keys is empty"), "{err}");
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
-fn certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "switchyard test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issue = |names: Vec<String>, file: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
-    };
-    issue(vec!["127.0.0.1".into(), "localhost".into()], "server");
-    issue(vec!["syctl".into()], "client");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_lets_in_only_clients_with_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
+    switchyard_tests::pki::Pki::new().write(dir.path());
     let provider = FakeProvider::start().await;
     let nats = TestNats::start().await.unwrap();
     let mut settings = Pipeline::settings(nats.url());

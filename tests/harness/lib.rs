@@ -7,6 +7,7 @@
 
 pub mod chaos;
 mod pipeline;
+pub mod pki;
 pub mod processes;
 mod provider;
 pub mod workload;
@@ -73,18 +74,23 @@ impl TestNats {
         let jetstream = switchyard_core::nats::connect(&Pipeline::settings(&url).nats, "test")
             .await?
             .jetstream;
+        // Ready once it can place a stream on every node: a JetStream leader alone
+        // may not yet know all its peers ("no suitable peers for placement").
         eventually(
             Duration::from_secs(30),
-            "the cluster elects a JetStream leader",
+            "the cluster can place a stream on every node",
             || async {
-                // Account info, read as plain JSON: some server versions answer with
-                // fields the client's typed account info does not parse.
-                match jetstream.request("INFO", &()).await {
-                    Ok(async_nats::jetstream::response::Response::Ok(info)) => {
-                        Some::<serde_json::Value>(info)
-                    }
-                    _ => None,
-                }
+                let placed = jetstream
+                    .create_stream(async_nats::jetstream::stream::Config {
+                        name: "CLUSTER_READY".into(),
+                        subjects: vec!["cluster.ready".into()],
+                        num_replicas: nodes,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?;
+                drop(placed);
+                jetstream.delete_stream("CLUSTER_READY").await.ok()
             },
         )
         .await;

@@ -11,7 +11,6 @@ use switchyard_core::{
     shutdown::Shutdown,
     topology,
 };
-use tokio::net::TcpListener;
 
 use crate::{LOCAL_PROVIDERS, TestNats};
 
@@ -96,8 +95,9 @@ impl Pipeline {
         let (connection, catalog) = Self::prepare(&settings, catalog).await?;
 
         let shutdown = Shutdown::new();
-        let ingest = TcpListener::bind("127.0.0.1:0").await?;
-        let control = TcpListener::bind("127.0.0.1:0").await?;
+        let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let ingest = switchyard_core::http::bind(local).await?;
+        let control = switchyard_core::http::bind(local).await?;
         let ingest_url = format!("http://{}", ingest.local_addr()?);
         let control_url = format!("http://{}", control.local_addr()?);
         shutdown.spawn(

@@ -128,6 +128,22 @@ impl FakeProvider {
     /// A provider that answers each request as `behaviour` decides; the request it is
     /// given carries its attempt number for its idempotency key.
     pub async fn with(behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve(None, behaviour).await
+    }
+
+    /// Like [`FakeProvider::with`], over HTTPS with `tls` (e.g. a configuration that
+    /// requires client certificates); the URL is `https://127.0.0.1:<port>`.
+    pub async fn with_tls(
+        tls: Arc<rustls::ServerConfig>,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(Some(tls), behaviour).await
+    }
+
+    async fn serve(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        behaviour: impl Fn(&Received) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let state = Arc::new(State {
             log: Mutex::default(),
             attempts: Mutex::default(),
@@ -142,12 +158,26 @@ impl FakeProvider {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("fake provider serves");
-        });
+        let address = listener.local_addr().expect("address");
+        let url = match tls {
+            None => {
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .await
+                        .expect("fake provider serves");
+                });
+                format!("http://{address}")
+            }
+            Some(tls) => {
+                let listener = TlsListener::new(listener, tls);
+                tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .await
+                        .expect("fake provider serves");
+                });
+                format!("https://{address}")
+            }
+        };
         Self { url, state }
     }
 
@@ -235,4 +265,50 @@ async fn handle(state: Arc<State>, request: Request) -> impl IntoResponse {
         }
     }
     response
+}
+
+/// Accepts TLS connections; handshakes run concurrently, and a failed one (a client
+/// without an acceptable certificate) is dropped without stopping the listener.
+struct TlsListener {
+    address: std::net::SocketAddr,
+    accepted: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+}
+
+impl TlsListener {
+    fn new(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>) -> Self {
+        let address = listener.local_addr().expect("address");
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let (sender, accepted) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (acceptor, sender) = (acceptor.clone(), sender.clone());
+                tokio::spawn(async move {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = sender.send((stream, peer)).await;
+                    }
+                });
+            }
+        });
+        Self { address, accepted }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept task never ends while the runtime runs.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.address)
+    }
 }

@@ -93,7 +93,7 @@ pub async fn start(
     let address = settings.admin.listen;
     let bind_error =
         |err: std::io::Error| crate::Error::Config(format!("admin.listen {address}: {err}"));
-    let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+    let listener = crate::http::bind(address).await.map_err(bind_error)?;
     let bound = listener.local_addr().map_err(bind_error)?;
     shutdown.spawn(
         "admin",

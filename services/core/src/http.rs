@@ -52,6 +52,24 @@ use crate::{
 /// outbound calls, files, the other listeners of the process).
 const RESERVED_FILES: u64 = 256;
 
+/// Connections the kernel queues for a listener before it accepts them (capped by
+/// `net.core.somaxconn`). The default of 128 drops the SYNs of a burst of clients,
+/// which then wait a second for their retransmission.
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Binds a listener for [`serve`] (or the gRPC server) with a backlog that absorbs a
+/// burst of connections.
+pub async fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// A request body that did not arrive within the body timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the request body did not arrive within {}s", .0.as_secs_f64())]

@@ -487,14 +487,16 @@ impl Failure {
     }
 }
 
-/// The rustls error inside `err`, also when an I/O error carries it (whose `source`
-/// skips its payload).
+/// The rustls error inside `err`, also when I/O errors carry it, one inside another
+/// (an I/O error's `source` skips its payload, so the chain alone does not show it).
 fn rustls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    err.downcast_ref::<rustls::Error>().or_else(|| {
-        err.downcast_ref::<std::io::Error>()?
-            .get_ref()?
-            .downcast_ref::<rustls::Error>()
-    })
+    let mut err = err;
+    loop {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        err = err.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
 }
 
 /// What to check for the common TLS failures.

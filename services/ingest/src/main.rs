@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = Shutdown::new();
     shutdown.listen_for_signals();
     switchyard_core::admin::start(&settings, &shutdown).await?;
-    let listener = tokio::net::TcpListener::bind(settings.ingest.listen)
+    let listener = switchyard_core::http::bind(settings.ingest.listen)
         .await
         .with_context(|| format!("ingest.listen {}", settings.ingest.listen))?;
     shutdown.spawn(

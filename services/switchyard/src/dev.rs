@@ -148,7 +148,7 @@ async fn port_is_free(port: u16) -> bool {
 }
 
 async fn bind(address: std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(address).await.with_context(|| {
+    switchyard_core::http::bind(address).await.with_context(|| {
         format!("{key} {address} cannot be bound (is another switchyard running?)")
     })
 }
