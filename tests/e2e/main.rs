@@ -19,6 +19,7 @@ mod ordering;
 mod outbound;
 mod pacing;
 mod polling;
+mod prometheus;
 mod providers;
 mod replay;
 mod topology;

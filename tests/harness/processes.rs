@@ -14,6 +14,8 @@ pub struct Process {
     pub name: &'static str,
     /// The provider of a delivery process.
     pub provider: Option<String>,
+    /// Where its admin listener (`/metrics`, `/healthz`, `/readyz`) is.
+    pub admin: std::net::SocketAddr,
     child: Child,
 }
 
@@ -87,6 +89,7 @@ pub struct Processes {
     /// Where ingest listens, e.g. `http://127.0.0.1:41234`.
     pub ingest_url: String,
     ingest_port: u16,
+    control_port: u16,
     services: Vec<Process>,
 }
 
@@ -102,6 +105,7 @@ impl Processes {
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
             nats,
             ingest_port,
+            control_port: free_port(),
             services: Vec::new(),
         };
         for name in names {
@@ -115,10 +119,12 @@ impl Processes {
                 vec![None]
             };
             for provider in providers {
-                let child = processes.spawn(name, provider.as_deref())?;
+                let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+                let child = processes.spawn(name, provider.as_deref(), admin)?;
                 processes.services.push(Process {
                     name,
                     provider,
+                    admin,
                     child,
                 });
             }
@@ -126,7 +132,12 @@ impl Processes {
         Ok(processes)
     }
 
-    fn spawn(&self, name: &str, provider: Option<&str>) -> anyhow::Result<Child> {
+    fn spawn(
+        &self,
+        name: &str,
+        provider: Option<&str>,
+        admin: std::net::SocketAddr,
+    ) -> anyhow::Result<Child> {
         let settings = Pipeline::settings(self.nats.url());
         let mut command = service(&format!("switchyard-{name}"), &settings);
         command
@@ -134,6 +145,11 @@ impl Processes {
                 "SWITCHYARD__INGEST__LISTEN",
                 format!("127.0.0.1:{}", self.ingest_port),
             )
+            .env(
+                "SWITCHYARD__CONTROL__LISTEN",
+                format!("127.0.0.1:{}", self.control_port),
+            )
+            .env("SWITCHYARD__ADMIN__LISTEN", admin.to_string())
             .env("SWITCHYARD__CONTROL__ALLOW_UNAUTHENTICATED", "true")
             .stdout(std::process::Stdio::null());
         if let Some(provider) = provider {
@@ -160,7 +176,7 @@ impl Processes {
         let mut services = std::mem::take(&mut self.services);
         let mut started = Ok(());
         for process in services.iter_mut().filter(|p| p.name == name) {
-            match self.spawn(name, process.provider.as_deref()) {
+            match self.spawn(name, process.provider.as_deref(), process.admin) {
                 Ok(child) => process.child = child,
                 Err(err) => started = Err(err),
             }

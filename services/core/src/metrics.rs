@@ -7,7 +7,7 @@ use std::sync::{LazyLock, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge, histogram::exponential_buckets},
+    metrics::{MetricType, family::Family, gauge::Gauge, histogram::exponential_buckets},
     registry::Registry,
 };
 
@@ -139,6 +139,8 @@ pub struct Metrics {
     /// Open connections per HTTP listener.
     pub http_connections: Family<ListenerLabels, Gauge>,
     registry: Registry,
+    /// Name, help and type of every family, in registration order.
+    descriptors: Vec<(&'static str, &'static str, MetricType)>,
 }
 
 fn mapping_histogram() -> Histogram {
@@ -151,95 +153,107 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Registers each metric and remembers its descriptor, so that a family with no
+/// series yet is still described to scrapers.
+struct Registration {
+    registry: Registry,
+    descriptors: Vec<(&'static str, &'static str, MetricType)>,
+}
+
+impl Registration {
+    fn add<
+        M: prometheus_client::registry::Metric + prometheus_client::metrics::TypedMetric + Clone,
+    >(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        metric: M,
+    ) -> M {
+        self.descriptors.push((name, help, M::TYPE));
+        self.registry.register(name, help, metric.clone());
+        metric
+    }
+}
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut registry = Registry::with_prefix("switchyard");
-    let breaker_state = Family::<ProviderLabels, Gauge>::default();
-    registry.register(
+    let mut metrics = Registration {
+        registry: Registry::with_prefix("switchyard"),
+        descriptors: Vec::new(),
+    };
+    let breaker_state = metrics.add(
         "breaker_state",
         "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
-        breaker_state.clone(),
+        Family::<ProviderLabels, Gauge>::default(),
     );
-    let breaker_transitions = Family::<TransitionLabels, Counter>::default();
-    registry.register(
+    let breaker_transitions = metrics.add(
         "breaker_transitions",
         "Circuit breaker transitions per provider",
-        breaker_transitions.clone(),
+        Family::<TransitionLabels, Counter>::default(),
     );
-    let deliveries = Family::<DeliveryLabels, Counter>::default();
-    registry.register(
+    let deliveries = metrics.add(
         "deliveries",
         "Delivery attempts per provider and outcome",
-        deliveries.clone(),
+        Family::<DeliveryLabels, Counter>::default(),
     );
-    let delivery_duration: HistogramFamily<ProviderLabels> =
-        Family::new_with_constructor(latency_histogram);
-    registry.register(
+    let delivery_duration: HistogramFamily<ProviderLabels> = metrics.add(
         "delivery_duration_seconds",
         "Time from sending a delivery to the provider's answer",
-        delivery_duration.clone(),
+        Family::new_with_constructor(latency_histogram),
     );
-    let retries = Family::<ProviderLabels, Counter>::default();
-    registry.register(
+    let retries = metrics.add(
         "retries",
         "Failed delivery attempts that will be retried, per provider",
-        retries.clone(),
+        Family::<ProviderLabels, Counter>::default(),
     );
-    let rate_limit_wait = Family::<ProviderLabels, Counter<f64, AtomicU64>>::default();
-    registry.register(
+    let rate_limit_wait = metrics.add(
         "rate_limit_wait_seconds",
         "Seconds deliveries waited for the rate limit or a provider's Retry-After",
-        rate_limit_wait.clone(),
+        Family::<ProviderLabels, Counter<f64, AtomicU64>>::default(),
     );
-    let last_success = Family::<ProviderRouteLabels, Gauge<f64, AtomicU64>>::default();
-    registry.register(
+    let last_success = metrics.add(
         "last_success_timestamp_seconds",
         "Unix time of the last successful delivery per provider and route",
-        last_success.clone(),
+        Family::<ProviderRouteLabels, Gauge<f64, AtomicU64>>::default(),
     );
-    let ingest_requests = Family::<IngestLabels, Counter>::default();
-    registry.register(
+    let ingest_requests = metrics.add(
         "ingest_requests",
         "HTTP requests to ingest per source, endpoint and status",
-        ingest_requests.clone(),
+        Family::<IngestLabels, Counter>::default(),
     );
-    let events_published = Family::<SourceLabels, Counter>::default();
-    registry.register(
+    let events_published = metrics.add(
         "events_published",
         "Events stored in INGEST per source, duplicates not counted",
-        events_published.clone(),
+        Family::<SourceLabels, Counter>::default(),
     );
-    let transform_results = Family::<TransformLabels, Counter>::default();
-    registry.register(
+    let transform_results = metrics.add(
         "transform_results",
         "Transform results per route and outcome",
-        transform_results.clone(),
+        Family::<TransformLabels, Counter>::default(),
     );
-    let mapping_duration: HistogramFamily<RouteLabels> =
-        Family::new_with_constructor(mapping_histogram);
-    registry.register(
+    let mapping_duration: HistogramFamily<RouteLabels> = metrics.add(
         "mapping_duration_seconds",
         "Time to run a route's filter, contracts and mapping on one event",
-        mapping_duration.clone(),
+        Family::new_with_constructor(mapping_histogram),
     );
-    let consumer_pending = Family::<ConsumerLabels, Gauge>::default();
-    registry.register(
+    let consumer_pending = metrics.add(
         "consumer_pending",
         "Messages of a durable consumer not yet handed out",
-        consumer_pending.clone(),
+        Family::<ConsumerLabels, Gauge>::default(),
     );
-    let consumer_ack_pending = Family::<ConsumerLabels, Gauge>::default();
-    registry.register(
+    let consumer_ack_pending = metrics.add(
         "consumer_ack_pending",
         "Messages of a durable consumer handed out and not yet acknowledged",
-        consumer_ack_pending.clone(),
+        Family::<ConsumerLabels, Gauge>::default(),
     );
-    let dlq_depth = Family::<ProviderLabels, Gauge>::default();
-    registry.register("dlq_depth", "Dead letters per provider", dlq_depth.clone());
-    let http_connections = Family::<ListenerLabels, Gauge>::default();
-    registry.register(
+    let dlq_depth = metrics.add(
+        "dlq_depth",
+        "Dead letters per provider",
+        Family::<ProviderLabels, Gauge>::default(),
+    );
+    let http_connections = metrics.add(
         "http_connections",
         "Open connections per HTTP listener",
-        http_connections.clone(),
+        Family::<ListenerLabels, Gauge>::default(),
     );
     Metrics {
         breaker_state,
@@ -257,7 +271,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         consumer_ack_pending,
         dlq_depth,
         http_connections,
-        registry,
+        registry: metrics.registry,
+        descriptors: metrics.descriptors,
     }
 });
 
@@ -312,10 +327,23 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// The content type of [`encode_classic`]'s output.
 pub const CLASSIC: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Every metric in the OpenMetrics 1.0 text format.
+/// Every metric in the OpenMetrics 1.0 text format. A family with no series yet is
+/// written with its help and type alone (OpenMetrics allows a family without
+/// samples), so scrapers know every metric from the first scrape.
 pub fn encode() -> String {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &METRICS.registry)
+    prometheus_client::encoding::text::encode_registry(&mut text, &METRICS.registry)
+        .expect("writing to a String cannot fail");
+    for (name, help, kind) in &METRICS.descriptors {
+        if !text.contains(&format!("# TYPE switchyard_{name} ")) {
+            text.push_str(&format!(
+                // The registry ends every help text with a full stop.
+                "# HELP switchyard_{name} {help}.\n# TYPE switchyard_{name} {}\n",
+                kind.as_str()
+            ));
+        }
+    }
+    prometheus_client::encoding::text::encode_eof(&mut text)
         .expect("writing to a String cannot fail");
     text
 }
@@ -409,6 +437,18 @@ mod tests {
             to_classic(openmetrics),
             "# HELP switchyard_retries_total Failed attempts.\n# TYPE switchyard_retries_total counter\nswitchyard_retries_total{provider=\"crm\"} 3\n# HELP switchyard_dlq_depth Dead letters.\n# TYPE switchyard_dlq_depth gauge\nswitchyard_dlq_depth{provider=\"crm\"} 1\n"
         );
+    }
+
+    #[test]
+    fn families_without_series_are_still_described() {
+        // Nothing in this crate's tests counts published events.
+        let text = encode();
+        assert!(
+            text.contains("# HELP switchyard_events_published Events stored in INGEST per source, duplicates not counted.\n# TYPE switchyard_events_published counter\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(encode_classic().contains("# TYPE switchyard_events_published_total counter\n"));
     }
 
     #[test]
