@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test bench chaos soak build lint fmt nats-server python-deps buf helm
+.PHONY: run test bench chaos soak build lint deny fmt nats-server prometheus python-deps buf helm
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -12,7 +12,7 @@ run: nats-server
 
 ## test: the whole test suite against a real nats-server (tests that run the services
 ## as processes use the binaries built first)
-test: nats-server python-deps buf helm
+test: nats-server prometheus python-deps buf helm
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -46,6 +46,25 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+## deny: cargo deny — licenses, banned crates, sources, and advisories against the
+## RustSec database copy in $(ADVISORY_DB) when it exists (CI cannot fetch the database)
+ADVISORY_DB ?= ../shared/advisory-db
+CARGO_DENY_VERSION ?= 0.20.2
+# Where cargo deny $(CARGO_DENY_VERSION) looks for the database of its default URL.
+ADVISORY_CHECKOUT := target/advisory-dbs/advisory-db-3157b0e258782691
+deny:
+	@command -v cargo-deny >/dev/null 2>&1 || $(CARGO) install --locked cargo-deny@$(CARGO_DENY_VERSION)
+	$(CARGO) fetch --locked
+	@if [ -d "$(ADVISORY_DB)/crates" ]; then \
+		rm -rf $(ADVISORY_CHECKOUT) && mkdir -p $(ADVISORY_CHECKOUT) && cp -r $(ADVISORY_DB)/. $(ADVISORY_CHECKOUT)/ && \
+		cd $(ADVISORY_CHECKOUT) && git init -q && git add -A && \
+		git -c user.name=advisory-db -c user.email=advisory-db@localhost commit -q -m "copy of $(ADVISORY_DB)" && cd - >/dev/null && \
+		$(CARGO) deny --offline check; \
+	else \
+		echo "no advisory database at $(ADVISORY_DB): checking licenses, bans and sources only"; \
+		$(CARGO) deny --offline check bans licenses sources; \
+	fi
+
 # nats-server is the one system dependency: tests and `switchyard dev` start it
 # themselves. Installs Debian's package when it is missing.
 nats-server:
@@ -60,6 +79,16 @@ nats-server:
 		echo "no apt-get here: install nats-server 2.9 or newer yourself, or set NATS_SERVER_BIN" >&2; exit 1; \
 	fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server
+
+# A real Prometheus scrapes the services in the tests and promtool checks the alert
+# rules and the exposition. Installs Debian's package when it is missing.
+prometheus:
+	@if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then exit 0; fi; \
+	echo "prometheus not found; installing the Debian package prometheus"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+		echo "install prometheus and promtool (Debian package prometheus)" >&2; exit 1; \
+	fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus
 
 # The reference Standard Webhooks library checks the signatures delivery sends;
 # grpcio-tools generates the third-party Python client of the control API;

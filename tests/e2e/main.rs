@@ -9,6 +9,7 @@ mod cluster;
 mod control;
 mod dead_letters;
 mod delivery;
+mod dev;
 mod edges;
 mod events;
 mod flow;

@@ -731,6 +731,53 @@ mod tests {
     }
 
     #[test]
+    fn every_invalid_key_is_reported_at_once() {
+        let err = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHYARD__TOPOLOGY__REPLICAS", "7"),
+                ("SWITCHYARD__INGEST__HTTP__MAX_HEADER_LINE_BYTES", "999999"),
+                ("SWITCHYARD__ADMIN__HTTP__MAX_CONNECTIONS", "0"),
+                ("SWITCHYARD__OUTBOUND__ALLOW", "10.0.0.0/8,not-a-range"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "topology.replicas",
+            "ingest.http.max_header_line_bytes",
+            "admin.http.max_connections",
+            "outbound.allow[1]",
+        ] {
+            assert!(err.contains(key), "{key} in {err}");
+        }
+    }
+
+    #[test]
+    fn listeners_bind_loopback_and_outbound_ranges_come_from_one_variable() {
+        let settings = Settings::load_from(
+            None,
+            env(&[("SWITCHYARD__OUTBOUND__ALLOW", "10.20.0.0/16,192.168.7.9")]),
+        )
+        .unwrap();
+        assert!(settings.ingest.listen.ip().is_loopback());
+        assert!(settings.control.listen.ip().is_loopback());
+        assert!(settings.admin.listen.ip().is_loopback());
+        assert_eq!(settings.outbound.allow, ["10.20.0.0/16", "192.168.7.9"]);
+        // Other values keep their commas and digits.
+        let settings = Settings::load_from(
+            None,
+            env(&[
+                ("SWITCHYARD__NATS__URL", "nats://a:4222,nats://b:4222"),
+                ("SWITCHYARD__DELIVERY__INSTANCE", "1234"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(settings.nats.url, "nats://a:4222,nats://b:4222");
+        assert_eq!(settings.delivery.instance.as_deref(), Some("1234"));
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error() {
         let err =
             Settings::load_from(Some(Path::new("/nonexistent/sy.yaml")), env(&[])).unwrap_err();
