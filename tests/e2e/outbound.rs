@@ -96,8 +96,8 @@ async fn a_name_that_resolves_to_a_refused_address_is_dead_lettered_at_once_as_b
     assert_eq!(header("Switchyard-Attempts"), "1", "never retried");
     let reason = header("Switchyard-Failure-Reason");
     assert!(
-        reason.contains("blocked by the outbound guard: localhost resolves to")
-            && reason.contains("loopback address, which outbound.allow does not permit"),
+        reason.contains("blocked by the outbound guard: localhost resolves to 127.0.0.1, a loopback address, which outbound.allow does not permit")
+            || reason.contains("blocked by the outbound guard: localhost resolves to ::1, a loopback address, which outbound.allow does not permit"),
         "{reason}"
     );
     let attempts: Vec<_> = pipeline

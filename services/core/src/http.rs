@@ -52,6 +52,9 @@ use crate::{
 /// outbound calls, files, the other listeners of the process).
 const RESERVED_FILES: u64 = 256;
 
+/// The number of headers hyper accepts unless told otherwise.
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// Connections the kernel queues for a listener before it accepts them (capped by
 /// `net.core.somaxconn`). The default of 128 drops the SYNs of a burst of clients,
 /// which then wait a second for their retransmission.
@@ -95,8 +98,12 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_header_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
+        .max_header_size(limits.max_header_bytes);
+    // hyper keeps up to 100 headers on the stack and allocates per request once a
+    // count is set, so only a different count is set.
+    if limits.max_headers != HYPER_MAX_HEADERS {
+        builder.max_headers(limits.max_headers);
+    }
     let handler = Handler {
         app,
         body_timeout: limits.body_timeout,

@@ -86,10 +86,33 @@ impl std::fmt::Display for Refused {
 
 const DENIED: &str = "listed in outbound.deny";
 
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("blocked by the outbound guard: ")?;
+        let literal = self.host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+        if literal {
+            write!(f, "{}", self.refused)
+        } else if self.refused.class == DENIED {
+            write!(
+                f,
+                "{} resolves to {}, which is {DENIED}",
+                self.host, self.refused.address
+            )
+        } else {
+            write!(
+                f,
+                "{} resolves to {}, a {} address, which outbound.allow does not permit",
+                self.host, self.refused.address, self.refused.class
+            )
+        }
+    }
+}
+
+impl std::error::Error for Blocked {}
+
 /// A request refused by the guard: the name and what it resolved to, or the literal
 /// address.
-#[derive(Debug, thiserror::Error)]
-#[error("blocked by the outbound guard: {host} resolves to {refused}")]
+#[derive(Debug)]
 pub struct Blocked {
     /// The host name or address in the URL.
     pub host: String,
