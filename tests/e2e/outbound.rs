@@ -230,3 +230,69 @@ mappings:",
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_api_and_its_token_endpoint_get_the_client_certificate() {
+    let pki = Pki::new();
+    // One server that requires client certificates answers both the OAuth2 token
+    // request and the poll, which must carry the token.
+    let api = FakeProvider::with_tls(
+        pki.server_requiring_client_certificates(rustls::DEFAULT_VERSIONS),
+        |request| match request.path.as_str() {
+            "/token" => Reply::ok().body(r#"{"access_token": "t0ken", "expires_in": 3600}"#),
+            "/changes" if request.header("authorization") == Some("Bearer t0ken") => {
+                Reply::ok().body(r#"{"items": [{"id": "c-1"}, {"id": "c-2"}]}"#)
+            }
+            _ => Reply::status(401),
+        },
+    )
+    .await;
+    let secrets = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("API_CA", pki.ca_pem.as_str()),
+        ("API_CLIENT_CERT", &pki.client.cert_pem),
+        ("API_CLIENT_KEY", &pki.client.key_pem),
+        ("API_CLIENT_SECRET", "s3cret"),
+    ] {
+        std::fs::write(secrets.path().join(name), text).unwrap();
+    }
+    let catalog = format!(
+        r#"
+sources:
+  - name: erp
+    poll:
+      url: {url}/changes
+      interval: 1s
+      items: /items
+      id: /id
+      event_type: {{ value: change.made }}
+      auth:
+        oauth2:
+          token_url: {url}/token
+          client_id: switchyard
+          client_secret: {{ secret: API_CLIENT_SECRET }}
+      tls:
+        client_cert: {{ secret: API_CLIENT_CERT }}
+        client_key: {{ secret: API_CLIENT_KEY }}
+        ca: {{ secret: API_CA }}
+"#,
+        url = api.url()
+    );
+    let nats = TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.secrets.dir = secrets.path().to_owned();
+    let pipeline = Pipeline::start_with(nats, settings, &catalog)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "both items stored", || async {
+        (pipeline.stream_len("INGEST").await == 2).then_some(())
+    })
+    .await;
+    let paths: Vec<String> = api.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths.first().map(String::as_str),
+        Some("/token"),
+        "{paths:?}"
+    );
+    assert!(paths.iter().any(|path| path == "/changes"), "{paths:?}");
+}
