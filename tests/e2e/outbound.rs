@@ -11,6 +11,23 @@ use tonic::Code;
 
 use crate::{catalog, catalog_with, order};
 
+/// The pipeline with `catalog`, its secrets read from a directory holding `secrets`
+/// (kept while the returned directory lives).
+async fn start_with_secrets(
+    catalog: &str,
+    secrets: &[(&str, &str)],
+) -> (Pipeline, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in secrets {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let nats = TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.secrets.dir = dir.path().to_owned();
+    let pipeline = Pipeline::start_with(nats, settings, catalog).await.unwrap();
+    (pipeline, dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_naming_a_refused_address_is_refused_at_apply_by_field() {
     let provider = FakeProvider::start().await;
@@ -131,14 +148,6 @@ async fn a_provider_that_requires_a_client_certificate_gets_one() {
         |_| Reply::ok(),
     )
     .await;
-    let secrets = tempfile::tempdir().unwrap();
-    for (name, text) in [
-        ("CRM_CA", &pki.ca_pem),
-        ("CRM_CLIENT_CERT", &pki.client.cert_pem),
-        ("CRM_CLIENT_KEY", &pki.client.key_pem),
-    ] {
-        std::fs::write(secrets.path().join(name), text).unwrap();
-    }
     // Route `orders` reaches the provider with the certificate; route `uncertified`
     // sends the same events to a server that trusts the same CA, without one.
     let policies = "
@@ -167,12 +176,15 @@ mappings:",
     provider: uncertified
 ",
     );
-    let nats = TestNats::start().await.unwrap();
-    let mut settings = Pipeline::settings(nats.url());
-    settings.secrets.dir = secrets.path().to_owned();
-    let pipeline = Pipeline::start_with(nats, settings, &document)
-        .await
-        .unwrap();
+    let (pipeline, _secrets) = start_with_secrets(
+        &document,
+        &[
+            ("CRM_CA", &pki.ca_pem),
+            ("CRM_CLIENT_CERT", &pki.client.cert_pem),
+            ("CRM_CLIENT_KEY", &pki.client.key_pem),
+        ],
+    )
+    .await;
 
     let ids: Vec<String> = (0..20).map(|i| format!("m-{i}")).collect();
     for id in &ids {
@@ -247,15 +259,6 @@ async fn a_polled_api_and_its_token_endpoint_get_the_client_certificate() {
         },
     )
     .await;
-    let secrets = tempfile::tempdir().unwrap();
-    for (name, text) in [
-        ("API_CA", pki.ca_pem.as_str()),
-        ("API_CLIENT_CERT", &pki.client.cert_pem),
-        ("API_CLIENT_KEY", &pki.client.key_pem),
-        ("API_CLIENT_SECRET", "s3cret"),
-    ] {
-        std::fs::write(secrets.path().join(name), text).unwrap();
-    }
     let catalog = format!(
         r#"
 sources:
@@ -278,12 +281,16 @@ sources:
 "#,
         url = api.url()
     );
-    let nats = TestNats::start().await.unwrap();
-    let mut settings = Pipeline::settings(nats.url());
-    settings.secrets.dir = secrets.path().to_owned();
-    let pipeline = Pipeline::start_with(nats, settings, &catalog)
-        .await
-        .unwrap();
+    let (pipeline, _secrets) = start_with_secrets(
+        &catalog,
+        &[
+            ("API_CA", &pki.ca_pem),
+            ("API_CLIENT_CERT", &pki.client.cert_pem),
+            ("API_CLIENT_KEY", &pki.client.key_pem),
+            ("API_CLIENT_SECRET", "s3cret"),
+        ],
+    )
+    .await;
     eventually(Duration::from_secs(15), "both items stored", || async {
         (pipeline.stream_len("INGEST").await == 2).then_some(())
     })
