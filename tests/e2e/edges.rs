@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use switchyard_core::config::Settings;
 use switchyard_tests::{FakeProvider, Pipeline, TestNats};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -52,7 +52,10 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
 }
 
 /// Reads until the peer closes (or `limit` passes) and returns what arrived.
-async fn read_to_close(stream: &mut TcpStream, limit: Duration) -> (String, Option<Duration>) {
+async fn read_to_close(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: Duration,
+) -> (String, Option<Duration>) {
     let started = Instant::now();
     let mut received = Vec::new();
     let mut buffer = [0u8; 4096];
@@ -177,18 +180,8 @@ async fn a_trickled_body_gets_408_and_stores_nothing() {
             }
         }
     });
-    let started = Instant::now();
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    let closed = loop {
-        match tokio::time::timeout(Duration::from_secs(5), reader.read(&mut buffer)).await {
-            Ok(Ok(0) | Err(_)) => break Some(started.elapsed()),
-            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
-            Err(_) => break None,
-        }
-    };
+    let (answer, closed) = read_to_close(&mut reader, Duration::from_secs(5)).await;
     trickle.abort();
-    let answer = String::from_utf8_lossy(&received);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(
         answer.contains("did not arrive within 1s") && answer.contains("nothing was stored"),

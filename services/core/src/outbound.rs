@@ -127,16 +127,14 @@ pub struct Guard {
 }
 
 #[derive(Debug)]
-struct Ranges {
+pub(crate) struct Ranges {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
 }
 
 /// Parses `outbound.allow` and `outbound.deny`, naming every entry that is not a
 /// range.
-pub(crate) fn parse_ranges(
-    settings: &OutboundSettings,
-) -> Result<(Vec<IpNet>, Vec<IpNet>), Vec<FieldError>> {
+pub(crate) fn parse_ranges(settings: &OutboundSettings) -> Result<Ranges, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut parse = |key: &str, entries: &[String]| {
         entries
@@ -165,7 +163,7 @@ pub(crate) fn parse_ranges(
     let allow = parse("allow", &settings.allow);
     let deny = parse("deny", &settings.deny);
     if errors.is_empty() {
-        Ok((allow, deny))
+        Ok(Ranges { allow, deny })
     } else {
         Err(errors)
     }
@@ -191,10 +189,10 @@ pub struct ClientOptions<'a> {
 impl Guard {
     /// The guard `settings` describe; fails naming a bad entry.
     pub fn new(settings: &OutboundSettings) -> Result<Self, Error> {
-        let (allow, deny) = parse_ranges(settings)
+        let ranges = parse_ranges(settings)
             .map_err(|errors| Error::Config(ValidationErrors(errors).to_string()))?;
         Ok(Self {
-            ranges: Arc::new(Ranges { allow, deny }),
+            ranges: Arc::new(ranges),
         })
     }
 
@@ -245,10 +243,15 @@ impl Guard {
         })
     }
 
-    /// Every outbound URL in `urls` (a path for errors, the URL) whose literal address
-    /// is refused; URLs that do not parse are left to catalog validation.
-    fn refusals<'a>(&self, urls: impl IntoIterator<Item = (String, &'a str)>) -> Vec<FieldError> {
-        urls.into_iter()
+    /// Refuses the outbound URLs in `urls` (a path for errors, the URL) whose literal
+    /// address is refused, naming each; URLs that do not parse are left to catalog
+    /// validation.
+    fn refuse<'a>(
+        &self,
+        urls: impl IntoIterator<Item = (String, &'a str)>,
+    ) -> Result<(), ValidationErrors> {
+        let errors: Vec<FieldError> = urls
+            .into_iter()
             .filter_map(|(path, url)| {
                 let refused = self.check_url(&url.parse().ok()?).err()?.refused;
                 Some(FieldError {
@@ -258,7 +261,12 @@ impl Guard {
                     ),
                 })
             })
-            .collect()
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(errors))
+        }
     }
 
     /// Refuses a catalog that names a refused address literally, naming each field.
@@ -272,17 +280,17 @@ impl Guard {
                 urls.extend(poll_urls(poll, &format!("sources[{i}].poll")));
             }
         }
-        errors_or_ok(self.refusals(urls))
+        self.refuse(urls)
     }
 
     /// Refuses a provider whose URLs name a refused address.
     pub fn check_provider(&self, provider: &Provider) -> Result<(), ValidationErrors> {
-        errors_or_ok(self.refusals(provider_urls(provider, "")))
+        self.refuse(provider_urls(provider, ""))
     }
 
     /// Refuses a polled source whose URLs name a refused address.
     pub fn check_poll(&self, poll: &Poll) -> Result<(), ValidationErrors> {
-        errors_or_ok(self.refusals(poll_urls(poll, "poll")))
+        self.refuse(poll_urls(poll, "poll"))
     }
 
     /// An HTTP client whose every connection the guard has checked, with the
@@ -322,14 +330,6 @@ impl Guard {
     }
 }
 
-fn errors_or_ok(errors: Vec<FieldError>) -> Result<(), ValidationErrors> {
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ValidationErrors(errors))
-    }
-}
-
 /// A path under `at` (no leading dot when `at` is empty).
 fn under(at: &str, field: &str) -> String {
     if at.is_empty() {
@@ -339,25 +339,22 @@ fn under(at: &str, field: &str) -> String {
     }
 }
 
-fn token_url<'a>(auth: Option<&'a Auth>, at: &str) -> Option<(String, &'a str)> {
-    match auth {
-        Some(Auth::Oauth2(oauth)) => {
-            Some((under(at, "auth.oauth2.token_url"), oauth.token_url.as_str()))
-        }
-        _ => None,
+/// The URL at `at.url` and, with OAuth2, the token URL of `auth`: where an endpoint's
+/// requests go.
+fn endpoint_urls<'a>(url: &'a str, auth: Option<&'a Auth>, at: &str) -> Vec<(String, &'a str)> {
+    let mut urls = vec![(under(at, "url"), url)];
+    if let Some(Auth::Oauth2(oauth)) = auth {
+        urls.push((under(at, "auth.oauth2.token_url"), &oauth.token_url));
     }
+    urls
 }
 
 fn provider_urls<'a>(provider: &'a Provider, at: &str) -> Vec<(String, &'a str)> {
-    std::iter::once((under(at, "url"), provider.url.as_str()))
-        .chain(token_url(provider.auth.as_ref(), at))
-        .collect()
+    endpoint_urls(&provider.url, provider.auth.as_ref(), at)
 }
 
 fn poll_urls<'a>(poll: &'a Poll, at: &str) -> Vec<(String, &'a str)> {
-    std::iter::once((under(at, "url"), poll.url.as_str()))
-        .chain(token_url(poll.auth.as_ref(), at))
-        .collect()
+    endpoint_urls(&poll.url, poll.auth.as_ref(), at)
 }
 
 /// Adds the client certificate and trust roots of `tls`.
@@ -562,11 +559,6 @@ fn strip_credentials(text: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Whether `address` is a loopback address (for warnings about what is exposed).
-pub fn is_loopback(address: IpAddr) -> bool {
-    address.to_canonical().is_loopback()
 }
 
 #[cfg(test)]

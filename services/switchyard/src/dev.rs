@@ -11,7 +11,7 @@ use switchyard_core::{
     config::{LogFormat, SecretsSettings, Settings},
     local_server::LocalNatsServer,
     nats,
-    outbound::{self, Guard},
+    outbound::Guard,
     shutdown::Shutdown,
     telemetry, topology,
 };
@@ -275,7 +275,7 @@ fn print_banner(
         }
     };
     let reach = |address: SocketAddr| {
-        if outbound::is_loopback(address.ip()) {
+        if address.ip().to_canonical().is_loopback() {
             "this machine only"
         } else {
             "reachable from the network"
@@ -292,7 +292,7 @@ fn print_banner(
         reach(bound.admin),
         secrets_dir.display(),
     );
-    if no_api_keys && !outbound::is_loopback(bound.control.ip()) {
+    if no_api_keys && !bound.control.ip().to_canonical().is_loopback() {
         let warning = format!(
             "the control API on {} is reachable beyond this machine and accepts every caller as admin: set control.api_keys, or bind control.listen to 127.0.0.1",
             bound.control
