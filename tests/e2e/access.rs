@@ -1,11 +1,11 @@
 //! Who may use the control API: API keys with scopes, TLS and mutual TLS.
 
-use switchyard_control::proto::{
-    ApplyRequest, ListResourcesRequest, catalog_service_client::CatalogServiceClient,
-};
 use switchyard_core::{
     apikey,
     config::{ApiKeySettings, Scope, TlsSettings},
+};
+use switchyard_proto::{
+    ApplyRequest, ListResourcesRequest, catalog_service_client::CatalogServiceClient,
 };
 use switchyard_tests::{FakeProvider, Pipeline, TestNats, syctl};
 use tonic::{Code, Request};
@@ -131,6 +131,23 @@ async fn keys_and_scopes_decide_what_a_caller_may_do() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
     assert!(!stderr.contains(READ_KEY));
+}
+
+/// `syctl keys create` hashes the key itself (it does not link the servers' crates);
+/// the hash it prints is the one the servers' key check accepts.
+#[test]
+fn syctl_prints_the_hash_the_servers_accept() {
+    let output = std::process::Command::new(syctl())
+        .args(["keys", "create", "--name", "ci", "--scope", "admin", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = created["key"].as_str().unwrap();
+    assert!(key.starts_with("sy_") && key.len() > 40, "{created}");
+    assert_eq!(created["hash"], apikey::hash(key));
+    let stored = apikey::KeyHashes::new([(created["hash"].as_str().unwrap(), ())]);
+    assert!(stored.find(key).is_some());
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchyard_control::proto::{
+use switchyard_proto::{
     ApplyRequest, ChangeAction, DeleteResourceRequest, GetResourceRequest, ListResourcesRequest,
     ResourceKind, catalog_service_client::CatalogServiceClient,
 };
@@ -118,7 +118,7 @@ routes:
         .await
         .unwrap()
         .into_inner();
-    let spec = switchyard_control::convert::struct_to_json(mapping.spec.as_ref().unwrap());
+    let spec = switchyard_proto::convert::struct_to_json(mapping.spec.as_ref().unwrap());
     assert_eq!(spec["version"], 1);
     let missing = control
         .get_resource(GetResourceRequest {

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use switchyard_control::proto::{
+use switchyard_proto::{
     ApplyRequest, DeadLetterFilter, DeadLetterProgress, DeadLetterSelection, GetDeadLetterRequest,
     ListDeadLettersRequest, ReplayDeadLettersRequest, catalog_service_client::CatalogServiceClient,
     dead_letter_service_client::DeadLetterServiceClient,

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use switchyard_control::{
+use switchyard_proto::{
     convert::json_to_struct,
-    proto::{
+    {
         ChangeAction, GetEventRequest, GetStatsRequest, PutResourceRequest, Resource, ResourceKind,
         catalog_service_client::CatalogServiceClient, event_service_client::EventServiceClient,
         stats_service_client::StatsServiceClient,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchyard_control::proto::{
+use switchyard_proto::{
     ApplyRequest, ListResourcesRequest, catalog_service_client::CatalogServiceClient,
 };
 use switchyard_tests::{FakeProvider, Pipeline, Reply, TestNats, eventually, pki::Pki};

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use switchyard_control::proto::{
+use switchyard_proto::{
     BreakerState, GetProviderStatusRequest, PauseProviderRequest, ProviderStatus,
     ResetBreakerRequest, ResumeProviderRequest, provider_service_client::ProviderServiceClient,
 };

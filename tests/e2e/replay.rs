@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, process::Command, time::Duration};
 
-use switchyard_control::proto::{
+use switchyard_proto::{
     ApplyRequest, ReplayProgress, ReplayRequest, TestMappingRequest,
     catalog_service_client::CatalogServiceClient, mapping_service_client::MappingServiceClient,
     replay_service_client::ReplayServiceClient,
@@ -287,7 +287,7 @@ program: |
         .into_inner();
     assert!(!report.passed);
     assert_eq!(report.mapping, "invoice@1");
-    let paths = |list: &[switchyard_control::proto::Violation]| -> Vec<String> {
+    let paths = |list: &[switchyard_proto::Violation]| -> Vec<String> {
         list.iter().map(|v| v.path.clone()).collect()
     };
     assert_eq!(paths(&report.input_violations), [""]);

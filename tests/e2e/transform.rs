@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use switchyard_control::proto::{ApplyRequest, catalog_service_client::CatalogServiceClient};
+use switchyard_proto::{ApplyRequest, catalog_service_client::CatalogServiceClient};
 use switchyard_tests::{FakeProvider, Pipeline, Received};
 use tonic::Code;
 

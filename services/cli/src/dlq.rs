@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use switchyard_control::proto::{
+use switchyard_proto::{
     DeadLetter, DeadLetterFilter, DeadLetterProgress, DeadLetterSelection, GetDeadLetterRequest,
     ListDeadLettersRequest, PurgeDeadLettersRequest, ReplayDeadLettersRequest,
     dead_letter_service_client::DeadLetterServiceClient,

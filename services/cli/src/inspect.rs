@@ -1,9 +1,9 @@
 //! `syctl describe`, `syctl events show` and `syctl stats`: reading, not changing.
 
 use serde_json::{Value, json};
-use switchyard_control::{
+use switchyard_proto::{
     convert::struct_to_json,
-    proto::{
+    {
         GetEventRequest, GetProviderStatusRequest, GetResourceRequest, GetStatsRequest,
         ListResourcesRequest, ResourceKind, catalog_service_client::CatalogServiceClient,
         event_service_client::EventServiceClient, provider_service_client::ProviderServiceClient,

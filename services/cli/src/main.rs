@@ -7,14 +7,15 @@
 mod dlq;
 mod inspect;
 mod providers;
+mod suggest;
 
 use std::{path::PathBuf, process::ExitCode};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard_control::{
+use switchyard_proto::{
     convert::struct_to_json,
-    proto::{
+    {
         ApplyRequest, ChangeAction, DeleteResourceRequest, GetResourceRequest,
         ListResourcesRequest, ReplayProgress, ReplayRequest, Resource, ResourceKind,
         TestMappingRequest, TestMappingResponse, catalog_service_client::CatalogServiceClient,
@@ -348,6 +349,17 @@ fn new_key() -> Result<String, Failure> {
     Ok(format!("sy_{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
+/// The stored form of an API key, `sha256:<hex>`, as the servers' key check expects
+/// it (`switchyard_core::apikey`; the access tests check that the two agree).
+fn key_hash(key: &str) -> String {
+    use sha2::Digest;
+    let hex: String = sha2::Sha256::digest(key.trim().as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("sha256:{hex}")
+}
+
 async fn run(cli: Cli) -> Result<(), Failure> {
     let remote = &cli.remote;
     let connect = || connect(remote);
@@ -365,7 +377,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Keys(KeysCommand::Create { name, scope }) => {
             let key = new_key()?;
-            let hash = switchyard_core::apikey::hash(&key);
+            let hash = key_hash(&key);
             if cli.output == Format::Table {
                 println!("key (shown once; give it to {name}): {key}");
                 println!();
@@ -386,10 +398,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 serde_yaml_ng::from_str(&read(file)?)
                     .map_err(|err| usage(format!("{}: not JSON or YAML: {err}", file.display())))
             };
-            print!(
-                "{}",
-                switchyard_core::suggest::suggest(&document(&from)?, &document(&to)?)
-            );
+            print!("{}", suggest::suggest(&document(&from)?, &document(&to)?));
         }
         Command::Mapping(MappingCommand::Test {
             reference,
@@ -612,7 +621,7 @@ fn bound(flag: &str, text: &str) -> Result<Bound, Failure> {
             time::OffsetDateTime::now_utc() - ago
         }
     };
-    Ok(Bound::Time(switchyard_control::convert::timestamp_of(at)))
+    Ok(Bound::Time(switchyard_proto::convert::timestamp_of(at)))
 }
 
 fn progress_bar(progress: &ReplayProgress) -> String {
@@ -679,7 +688,7 @@ fn print_replay(format: Format, progress: &ReplayProgress) {
 }
 
 fn print_test(format: Format, response: &TestMappingResponse) {
-    let violations = |list: &[switchyard_control::proto::Violation]| -> Vec<serde_json::Value> {
+    let violations = |list: &[switchyard_proto::Violation]| -> Vec<serde_json::Value> {
         list.iter()
             .map(|v| serde_json::json!({"path": v.path, "message": v.message}))
             .collect()
@@ -716,7 +725,7 @@ fn print_test(format: Format, response: &TestMappingResponse) {
         }
         return;
     }
-    let verdict = |list: &[switchyard_control::proto::Violation]| {
+    let verdict = |list: &[switchyard_proto::Violation]| {
         if list.is_empty() {
             "ok".to_owned()
         } else {
@@ -797,8 +806,7 @@ fn print_resources(format: Format, resources: &[Resource]) {
 
 /// A protobuf timestamp as RFC 3339, to the second.
 fn rfc3339(timestamp: Option<&prost_types::Timestamp>) -> Option<String> {
-    let at = time::OffsetDateTime::from_unix_timestamp(timestamp?.seconds).ok()?;
-    Some(switchyard_core::event::rfc3339(at))
+    switchyard_proto::convert::rfc3339(timestamp?)
 }
 
 fn print_value(format: Format, value: &serde_json::Value) {

@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use serde_json::{Value, json};
-use switchyard_control::proto::{
+use switchyard_proto::{
     GetProviderStatusRequest, ListProviderStatusRequest, PauseProviderRequest, ProviderStatus,
     ResetBreakerRequest, ResumeProviderRequest, provider_service_client::ProviderServiceClient,
 };
@@ -102,7 +102,7 @@ pub(crate) fn to_json(status: &ProviderStatus) -> Value {
 }
 
 fn breaker_name(status: &ProviderStatus) -> &'static str {
-    use switchyard_control::proto::BreakerState as B;
+    use switchyard_proto::BreakerState as B;
     match status.breaker() {
         B::Closed => "closed",
         B::Open => "open",

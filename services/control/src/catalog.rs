@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    convert::{json_to_struct, struct_to_json},
+    proto::convert::{json_to_struct, struct_to_json},
     proto::{
         self, ApplyRequest, ApplyResponse, ChangeAction, DeleteResourceRequest,
         DeleteResourceResponse, GetResourceRequest, ListResourcesRequest, ListResourcesResponse,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    convert::timestamp_of,
+    proto::convert::timestamp_of,
     proto::{
         self, DeadLetterProgress, GetDeadLetterRequest, ListDeadLettersRequest,
         ListDeadLettersResponse, PurgeDeadLettersRequest, PurgeDeadLettersResponse,
@@ -82,7 +82,7 @@ fn selection(selection: Option<proto::DeadLetterSelection>) -> Result<Selection,
 }
 
 fn to_proto(letter: dead_letters::DeadLetter, full: bool) -> proto::DeadLetter {
-    let received_at = crate::convert::timestamp(&letter.received_at);
+    let received_at = proto::convert::timestamp(&letter.received_at);
     proto::DeadLetter {
         sequence: letter.sequence,
         subject: letter.subject,

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::status,
-    convert::{timestamp, timestamp_of},
+    proto::convert::{timestamp, timestamp_of},
     proto::{self, GetEventRequest, RouteLineage, event_service_server::EventService},
 };
 

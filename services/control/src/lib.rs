@@ -7,7 +7,6 @@
 
 mod auth;
 mod catalog;
-pub mod convert;
 mod dead_letters;
 mod events;
 mod mapping;
@@ -28,15 +27,7 @@ pub use crate::{
     provider::ProviderApi, replay::ReplayApi, stats::StatsApi,
 };
 
-/// Generated protobuf and gRPC code of `switchyard.v1`.
-pub mod proto {
-    #![allow(missing_docs, clippy::all, clippy::pedantic)]
-    tonic::include_proto!("switchyard.v1");
-
-    /// Encoded file descriptor set of `switchyard.v1`, for reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
-}
+use switchyard_proto as proto;
 
 /// Errors that stop the control service.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::status,
-    convert::{timestamp, timestamp_in},
+    proto::convert::{timestamp, timestamp_in},
     proto::{
         self, GetProviderStatusRequest, ListProviderStatusRequest, ListProviderStatusResponse,
         PauseProviderRequest, ProviderStatus, ResetBreakerRequest, ResumeProviderRequest,
@@ -171,7 +171,7 @@ impl ProviderApi {
                     let at = time::OffsetDateTime::from_unix_timestamp_nanos(
                         i128::from(until) * 1_000_000,
                     );
-                    status.breaker_retry_at = at.ok().map(crate::convert::timestamp_of);
+                    status.breaker_retry_at = at.ok().map(proto::convert::timestamp_of);
                 }
             }
         }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::status,
-    convert::timestamp_of,
+    proto::convert::timestamp_of,
     proto::{
         ConsumerStats, GetStatsRequest, Stats, StreamStats, stats_service_server::StatsService,
     },

@@ -29,7 +29,6 @@ pub mod outbound;
 pub mod ratelimit;
 pub mod secrets;
 pub mod shutdown;
-pub mod suggest;
 pub mod telemetry;
 pub mod topology;
 

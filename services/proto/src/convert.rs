@@ -1,4 +1,5 @@
-//! JSON ↔ protobuf `Struct`, the form catalog resources take on the wire.
+//! The wire forms of catalog values: JSON documents ↔ protobuf `Struct` (the form
+//! catalog resources take on the wire) and times ↔ protobuf `Timestamp`.
 
 use serde_json::Value as Json;
 
@@ -45,6 +46,14 @@ pub fn timestamp_of(at: time::OffsetDateTime) -> prost_types::Timestamp {
         seconds: at.unix_timestamp(),
         nanos: at.nanosecond() as i32,
     }
+}
+
+/// A protobuf `Timestamp` as RFC 3339, to the second; `None` when out of range.
+pub fn rfc3339(timestamp: &prost_types::Timestamp) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp(timestamp.seconds)
+        .ok()?
+        .format(&time::format_description::well_known::Rfc3339)
+        .ok()
 }
 
 /// The protobuf `Timestamp` `millis` milliseconds from now; `None` for zero.

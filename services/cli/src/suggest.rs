@@ -382,10 +382,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::mapping::{CompiledMapping, Event, Output};
+    use switchyard_core::mapping::{CompiledMapping, Event, Output};
 
     fn run(program: &str, input: &Value) -> Value {
-        let mapping = crate::catalog::Mapping {
+        let mapping = switchyard_core::catalog::Mapping {
             name: "draft".into(),
             version: 1,
             description: String::new(),
