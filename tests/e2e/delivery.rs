@@ -2,6 +2,7 @@
 //! original and the reason, and acks only after the dead letter is stored.
 
 use std::time::Duration;
+use switchyard_core::outcome::{ErrorKind, Outcome};
 
 use std::{
     collections::HashMap,
@@ -121,25 +122,33 @@ async fn every_attempt_leaves_an_outcome_record() {
         (records.len() >= 2).then_some(records)
     })
     .await;
+    assert!(records.iter().all(|r| r.attempt().is_some()), "{records:?}");
+    assert!(records[0].at.contains('T'), "{records:?}");
     let event_id = provider.accepted()[0]
         .header("switchyard-event-id")
         .unwrap()
         .to_owned();
-    for (record, (attempt, status, category)) in records
+    let attempts = pipeline.attempts().await;
+    for ((provider, record), (attempt, status, category)) in attempts
         .iter()
-        .zip([(1, 502, "retry"), (2, 200, "delivered")])
+        .zip([(1, 502, Outcome::Retry), (2, 200, Outcome::Delivered)])
     {
-        assert_eq!(record["kind"], "attempt");
-        assert_eq!(record["provider"], "crm");
-        assert_eq!(record["route"], "orders");
-        assert_eq!(record["event_id"], event_id.as_str());
-        assert_eq!(record["attempt"], attempt);
-        assert_eq!(record["status"], status);
-        assert_eq!(record["category"], category);
-        assert!(record["latency_ms"].as_f64().unwrap() >= 0.0);
-        assert!(record["at"].as_str().unwrap().contains('T'));
+        assert_eq!(provider, "crm");
+        assert_eq!(record.route, "orders");
+        assert_eq!(record.event_id, event_id);
+        assert_eq!(record.attempt, attempt);
+        assert_eq!(record.status, Some(status));
+        assert_eq!(record.category, category);
+        assert!(record.latency_ms >= 0.0);
     }
-    assert!(records[0]["reason"].as_str().unwrap().contains("HTTP 502"));
+    assert!(
+        attempts[0]
+            .1
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("HTTP 502")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,9 +310,9 @@ async fn the_breaker_opens_stops_sending_and_closes_after_a_good_probe() {
     let outcomes = pipeline.outcomes().await;
     let opened = outcomes
         .iter()
-        .find(|o| o["kind"] == "breaker" && o["to"] == "open")
+        .find(|o| o.breaker().is_some_and(|change| change.to == "open"))
         .map(|o| {
-            let at = o["at"].as_str().unwrap();
+            let at = o.at.as_str();
             std::time::SystemTime::from(
                 time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
                     .unwrap(),
@@ -340,12 +349,9 @@ async fn the_breaker_opens_stops_sending_and_closes_after_a_good_probe() {
         .outcomes()
         .await
         .into_iter()
-        .filter(|o| o["kind"] == "breaker")
-        .map(|o| {
-            (
-                o["from"].as_str().unwrap().to_owned(),
-                o["to"].as_str().unwrap().to_owned(),
-            )
+        .filter_map(|o| {
+            o.breaker()
+                .map(|change| (change.from.clone(), change.to.clone()))
         })
         .collect();
     assert_eq!(
@@ -411,19 +417,21 @@ async fn a_stalled_request_times_out_and_is_retried() {
         "the outcome of the first attempt",
         || async {
             pipeline
-                .outcomes()
+                .attempts()
                 .await
                 .into_iter()
-                .find(|o| o["attempt"] == 1)
+                .map(|(_, attempt)| attempt)
+                .find(|attempt| attempt.attempt == 1)
         },
     )
     .await;
-    assert_eq!(first["category"], "retry");
+    assert_eq!(first.category, Outcome::Retry);
+    assert_eq!(first.error, Some(ErrorKind::Timeout));
     assert!(
-        first["reason"].as_str().unwrap().contains("timed out"),
-        "{first}"
+        first.reason.as_deref().unwrap().contains("timed out"),
+        "{first:?}"
     );
-    assert!(first["status"].is_null());
+    assert_eq!(first.status, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //! and at connect time, and providers that require a client certificate get one.
 
 use std::time::Duration;
+use switchyard_core::outcome::{ErrorKind, Outcome};
 
 use switchyard_proto::{
     ApplyRequest, ListResourcesRequest, catalog_service_client::CatalogServiceClient,
@@ -117,15 +118,10 @@ async fn a_name_that_resolves_to_a_refused_address_is_dead_lettered_at_once_as_b
             || reason.contains("blocked by the outbound guard: localhost resolves to ::1, a loopback address, which outbound.allow does not permit"),
         "{reason}"
     );
-    let attempts: Vec<_> = pipeline
-        .outcomes()
-        .await
-        .into_iter()
-        .filter(|record| record["kind"] == "attempt")
-        .collect();
+    let attempts = pipeline.attempts().await;
     assert_eq!(attempts.len(), 1, "{attempts:?}");
-    assert_eq!(attempts[0]["error"], "blocked");
-    assert_eq!(attempts[0]["category"], "rejected");
+    assert_eq!(attempts[0].1.error, Some(ErrorKind::Blocked));
+    assert_eq!(attempts[0].1.category, Outcome::Rejected);
     assert!(
         provider.received().is_empty(),
         "nothing reached the address"
@@ -220,14 +216,17 @@ mappings:",
             "{reason}"
         );
     }
-    let outcomes = pipeline.outcomes().await;
-    let uncertified: Vec<_> = outcomes
-        .iter()
-        .filter(|record| record["kind"] == "attempt" && record["provider"] == "uncertified")
+    let uncertified: Vec<_> = pipeline
+        .attempts()
+        .await
+        .into_iter()
+        .filter(|(provider, _)| provider == "uncertified")
         .collect();
     assert_eq!(uncertified.len(), 2 * ids.len(), "two attempts per event");
     assert!(
-        uncertified.iter().all(|record| record["error"] == "tls"),
+        uncertified
+            .iter()
+            .all(|(_, attempt)| attempt.error == Some(ErrorKind::Tls)),
         "{uncertified:?}"
     );
     assert!(

@@ -8,6 +8,7 @@ use std::{
     },
     time::{Duration, Instant},
 };
+use switchyard_core::outcome::Outcome;
 
 use switchyard_tests::{FakeProvider, Pipeline, Reply};
 
@@ -105,10 +106,10 @@ async fn retry_after_pauses_the_whole_provider_without_spending_the_retry_budget
         "the pause spent no attempt"
     );
     let deferred = pipeline
-        .outcomes()
+        .attempts()
         .await
         .into_iter()
-        .filter(|o| o["category"] == "deferred")
+        .filter(|(_, a)| a.category == Outcome::Deferred)
         .count();
     assert_eq!(deferred, 1);
 }

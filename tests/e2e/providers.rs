@@ -191,7 +191,7 @@ async fn an_operator_closes_an_open_breaker_and_sending_resumes_at_once() {
         .outcomes()
         .await
         .into_iter()
-        .filter(|o| o["kind"] == "breaker" && o["reason"] == "reset")
+        .filter(|o| o.breaker().is_some_and(|change| change.reason == "reset"))
         .count();
     assert_eq!(resets, 1, "the reset is in the attempt log");
     let _ = client

@@ -8,6 +8,7 @@ use switchyard_core::{
     catalog::{Catalog, CatalogStore},
     config::Settings,
     nats,
+    outcome::{Attempt, OutcomeRecord},
     shutdown::Shutdown,
     topology,
 };
@@ -191,6 +192,47 @@ impl Pipeline {
         stream.info().await.expect("stream info").state.messages
     }
 
+    /// Waits until the pipeline is at rest: every consumer of INGEST and DELIVER has
+    /// nothing pending and nothing unacknowledged (a message NAKed for a retry counts
+    /// as unacknowledged), and still so after a short settle. "Nothing more arrives"
+    /// is then a fact about the pipeline, not a guess about how long it takes.
+    pub async fn quiescent(&self) {
+        const SETTLE: Duration = Duration::from_millis(150);
+        loop {
+            crate::eventually(Duration::from_secs(60), "the pipeline at rest", || async {
+                self.at_rest().await.then_some(())
+            })
+            .await;
+            tokio::time::sleep(SETTLE).await;
+            if self.at_rest().await {
+                return;
+            }
+        }
+    }
+
+    /// Whether no consumer of INGEST or DELIVER has work left.
+    async fn at_rest(&self) -> bool {
+        use futures::TryStreamExt;
+        for stream in [topology::INGEST, topology::DELIVER] {
+            let Ok(handle) = self.jetstream.get_stream(stream).await else {
+                return false;
+            };
+            let Ok(consumers) = handle.consumers().try_collect::<Vec<_>>().await else {
+                return false;
+            };
+            // Durable consumers only: a replay's ordered consumer may linger after it
+            // stopped reading.
+            if consumers.iter().any(|info| {
+                info.config.durable_name.is_some()
+                    && (info.num_pending > 0 || info.num_ack_pending > 0)
+            })
+            {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Every message stored in `stream`, oldest first.
     pub async fn stream_messages(&self, stream: &str) -> Vec<StreamMessage> {
         let mut handle = self
@@ -234,11 +276,21 @@ impl Pipeline {
     }
 
     /// Every record on `outcome.<provider>` so far, oldest first.
-    pub async fn outcomes(&self) -> Vec<serde_json::Value> {
+    pub async fn outcomes(&self) -> Vec<OutcomeRecord> {
         self.stream_messages("OUTCOMES")
             .await
             .iter()
-            .filter_map(|m| serde_json::from_slice(&m.payload).ok())
+            .map(|m| serde_json::from_slice(&m.payload).expect("outcome records parse"))
+            .collect()
+    }
+
+    /// Every attempt record on `outcome.<provider>` so far, oldest first, with its
+    /// provider.
+    pub async fn attempts(&self) -> Vec<(String, Attempt)> {
+        self.outcomes()
+            .await
+            .into_iter()
+            .filter_map(|o| Some((o.provider.clone(), o.attempt()?.clone())))
             .collect()
     }
 }

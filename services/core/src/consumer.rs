@@ -203,8 +203,9 @@ async fn create_consumer(
         .create_consumer_on_stream(config.clone(), stream)
         .await
         .map_err(|err| {
-            Error::Nats(format!(
-                "cannot create consumer {name} on stream {stream}: {err}"
-            ))
+            Error::nats_while(
+                format!("cannot create consumer {name} on stream {stream}"),
+                err,
+            )
         })
 }

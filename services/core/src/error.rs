@@ -12,9 +12,16 @@ pub enum Error {
     /// A catalog, mapping or other user input that fails validation.
     #[error("{0}")]
     Invalid(#[from] crate::catalog::ValidationErrors),
-    /// NATS or JetStream failed; usually transient.
-    #[error("NATS: {0}")]
-    Nats(String),
+    /// NATS or JetStream failed; usually transient. The client's error is kept as the
+    /// source, so a caller can look at its kind.
+    #[error("NATS: {}", with_context(context.as_deref(), source))]
+    Nats {
+        /// What was being done, when it helps to say.
+        context: Option<String>,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
     /// Existing streams or buckets differ from what this version needs in a way that
     /// cannot be updated in place.
     #[error("topology: {0}")]
@@ -42,9 +49,30 @@ pub enum Error {
     },
 }
 
+/// Any error a client library returns.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 impl Error {
-    /// Wraps any NATS client error, keeping its text.
-    pub fn nats(err: impl std::fmt::Display) -> Self {
-        Self::Nats(err.to_string())
+    /// Wraps a NATS client error.
+    pub fn nats(err: impl Into<BoxError>) -> Self {
+        Self::Nats {
+            context: None,
+            source: err.into(),
+        }
+    }
+
+    /// Wraps a NATS client error met while doing `context`.
+    pub fn nats_while(context: impl Into<String>, err: impl Into<BoxError>) -> Self {
+        Self::Nats {
+            context: Some(context.into()),
+            source: err.into(),
+        }
+    }
+}
+
+fn with_context(context: Option<&str>, source: &BoxError) -> String {
+    match context {
+        Some(context) => format!("{context}: {source}"),
+        None => source.to_string(),
     }
 }

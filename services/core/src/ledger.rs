@@ -61,7 +61,7 @@ impl Ledger {
     pub async fn get(&self, key: &str) -> Result<Record, Error> {
         match self.kv.get(key).await.map_err(Error::nats)? {
             Some(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|err| Error::Nats(format!("unreadable delivery record {key}: {err}"))),
+                .map_err(|err| Error::nats_while(format!("unreadable delivery record {key}"), err)),
             None => Ok(Record::default()),
         }
     }

@@ -3,7 +3,7 @@
 //! Each service crate builds on these pieces instead of growing its own: typed
 //! settings, telemetry, the NATS connection and JetStream topology, the message
 //! header contract with W3C trace context, the catalog stored in KV and its watch,
-//! VRL mappings, and the shutdown that every task obeys.
+//! VRL mappings, the vocabulary of outcomes and failures, and the shutdown that every task obeys.
 
 #![forbid(unsafe_code)]
 
@@ -26,10 +26,12 @@ pub mod metrics;
 pub mod nats;
 pub mod operator;
 pub mod outbound;
+pub mod outcome;
 pub mod ratelimit;
 pub mod secrets;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
 
-pub use error::Error;
+pub use error::{BoxError, Error};

@@ -24,6 +24,7 @@ use vrl::{
 use crate::{
     catalog::Mapping,
     contract::{Contract, Violation},
+    outcome::FailureCategory,
 };
 
 /// Upper bound on VRL expression steps per event; stops runaway programs.
@@ -234,10 +235,10 @@ pub enum Failure {
 
 impl Failure {
     /// The dead-letter category: `contract` or `mapping`.
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> FailureCategory {
         match self {
-            Self::Input(_) | Self::Output(_) => "contract",
-            Self::Run(_) => "mapping",
+            Self::Input(_) | Self::Output(_) => FailureCategory::Contract,
+            Self::Run(_) => FailureCategory::Mapping,
         }
     }
 
@@ -550,7 +551,7 @@ mod tests {
 
         let missing = Event::parse(br#"{"total":3}"#).unwrap();
         let failure = compiled.apply(&missing).unwrap_err();
-        assert_eq!(failure.category(), "contract");
+        assert_eq!(failure.category(), FailureCategory::Contract);
         assert!(matches!(failure, Failure::Input(_)), "{failure:?}");
         assert!(
             failure.to_string().contains("input schema: /: "),

@@ -74,10 +74,13 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
             Err(err) => {
-                return Err(Error::Nats(format!(
-                    "cannot connect to {shown} within {:?}: {err}",
-                    settings.connect_timeout
-                )));
+                return Err(Error::nats_while(
+                    format!(
+                        "cannot connect to {shown} within {:?}",
+                        settings.connect_timeout
+                    ),
+                    err,
+                ));
             }
         }
     };

@@ -446,15 +446,14 @@ pub enum FailureKind {
     Other,
 }
 
-impl FailureKind {
-    /// The name used in metrics, outcome records and logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Connect => "connect",
-            Self::Tls => "tls",
-            Self::Blocked => "blocked",
-            Self::Other => "other",
+impl From<FailureKind> for crate::outcome::ErrorKind {
+    fn from(kind: FailureKind) -> Self {
+        match kind {
+            FailureKind::Timeout => Self::Timeout,
+            FailureKind::Connect => Self::Connect,
+            FailureKind::Tls => Self::Tls,
+            FailureKind::Blocked => Self::Blocked,
+            FailureKind::Other => Self::Other,
         }
     }
 }

@@ -69,6 +69,66 @@ pub fn outcome_subject(provider: &str) -> String {
     format!("outcome.{provider}")
 }
 
+/// Every subject of stream INGEST.
+pub const ALL_INGEST: &str = "ingest.>";
+/// Every subject of stream DELIVER.
+pub const ALL_DELIVER: &str = "deliver.>";
+/// Every subject of stream DLQ.
+pub const ALL_DLQ: &str = "dlq.>";
+/// Every subject of stream OUTCOMES.
+pub const ALL_OUTCOMES: &str = "outcome.>";
+
+/// The events of one source in INGEST.
+pub fn source_ingest_filter(source: &str) -> String {
+    format!("ingest.{source}.>")
+}
+
+/// What is owed to one provider in DELIVER (every route and ordering key).
+pub fn provider_deliver_filter(provider: &str) -> String {
+    format!("deliver.{provider}.>")
+}
+
+/// Whose dead letter a `dlq.*` subject holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterOwner<'a> {
+    /// A delivery, or an event its route could not map, for this provider.
+    Provider(&'a str),
+    /// An event that broke this source's contract.
+    Source(&'a str),
+}
+
+/// Splits `dlq.<provider>` or `dlq._source.<source>`.
+pub fn parse_dlq_subject(subject: &str) -> Option<DeadLetterOwner<'_>> {
+    let rest = subject.strip_prefix("dlq.")?;
+    let owner = match rest.strip_prefix("_source.") {
+        Some(source) => DeadLetterOwner::Source(source),
+        None => DeadLetterOwner::Provider(rest),
+    };
+    match owner {
+        DeadLetterOwner::Provider(name) | DeadLetterOwner::Source(name)
+            if !name.is_empty() && !name.contains('.') =>
+        {
+            Some(owner)
+        }
+        _ => None,
+    }
+}
+
+/// Splits `deliver.<provider>.<route>[.<key token>]` into provider and route.
+pub fn parse_deliver_subject(subject: &str) -> Option<(&str, &str)> {
+    let mut tokens = subject.strip_prefix("deliver.")?.split('.');
+    let provider = tokens.next().filter(|t| !t.is_empty())?;
+    let route = tokens.next().filter(|t| !t.is_empty())?;
+    Some((provider, route))
+}
+
+/// The provider of `outcome.<provider>`.
+pub fn parse_outcome_subject(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix("outcome.")
+        .filter(|p| !p.is_empty() && !p.contains('.'))
+}
+
 /// Durable consumer name of the delivery process for `provider`.
 pub fn delivery_consumer(provider: &str) -> String {
     format!("delivery-{provider}")
@@ -175,7 +235,7 @@ pub fn stream_configs(settings: &TopologySettings) -> Vec<stream::Config> {
             max_age: settings.ingest_max_age,
             ..base(
                 INGEST,
-                "ingest.>",
+                ALL_INGEST,
                 "Switchyard: raw events from every source",
             )
         },
@@ -185,20 +245,20 @@ pub fn stream_configs(settings: &TopologySettings) -> Vec<stream::Config> {
             discard: DiscardPolicy::New,
             ..base(
                 DELIVER,
-                "deliver.>",
+                ALL_DELIVER,
                 "Switchyard: mapped events owed to providers",
             )
         },
         stream::Config {
             retention: RetentionPolicy::Limits,
             max_age: settings.dlq_max_age,
-            ..base(DLQ, "dlq.>", "Switchyard: dead letters per provider")
+            ..base(DLQ, ALL_DLQ, "Switchyard: dead letters per provider")
         },
         stream::Config {
             retention: RetentionPolicy::Limits,
             max_age: settings.outcomes_max_age,
             duplicate_window: settings.duplicate_window.min(settings.outcomes_max_age),
-            ..base(OUTCOMES, "outcome.>", "Switchyard: delivery attempt log")
+            ..base(OUTCOMES, ALL_OUTCOMES, "Switchyard: delivery attempt log")
         },
     ]
 }
@@ -290,12 +350,17 @@ async fn reconcile_stream(
                 .map_err(|err| Error::Topology(format!("cannot create stream {name}: {err}")))?;
             return Ok(Reconciled::Created(name));
         }
-        Err(err) => return Err(Error::Nats(format!("cannot look up stream {name}: {err}"))),
+        Err(err) => {
+            return Err(Error::nats_while(
+                format!("cannot look up stream {name}"),
+                err,
+            ));
+        }
     };
     let have = existing
         .info()
         .await
-        .map_err(|err| Error::Nats(format!("cannot read stream {name}: {err}")))?
+        .map_err(|err| Error::nats_while(format!("cannot read stream {name}"), err))?
         .config
         .clone();
     let diffs = stream_differences(&have, &want);
@@ -426,6 +491,33 @@ mod tests {
         for (subject, template) in cases {
             assert_eq!(subject_template(&subject), template, "{subject}");
         }
+    }
+
+    #[test]
+    fn built_subjects_parse_back_into_their_parts() {
+        assert_eq!(
+            parse_deliver_subject(&deliver_subject("crm", "orders")),
+            Some(("crm", "orders"))
+        );
+        assert_eq!(
+            parse_deliver_subject(&ordered_deliver_subject("crm", "orders", "c-7")),
+            Some(("crm", "orders"))
+        );
+        assert_eq!(parse_deliver_subject("deliver.crm"), None);
+        assert_eq!(
+            parse_dlq_subject(&dlq_subject("crm")),
+            Some(DeadLetterOwner::Provider("crm"))
+        );
+        assert_eq!(
+            parse_dlq_subject(&source_dlq_subject("shop")),
+            Some(DeadLetterOwner::Source("shop"))
+        );
+        assert_eq!(parse_dlq_subject("dlq."), None);
+        assert_eq!(parse_dlq_subject("outcome.crm"), None);
+        assert_eq!(parse_outcome_subject(&outcome_subject("crm")), Some("crm"));
+        assert_eq!(parse_outcome_subject("dlq.crm"), None);
+        assert!(provider_deliver_filter("crm").starts_with(&deliver_subject("crm", "")));
+        assert!(source_ingest_filter("shop").starts_with(&ingest_subject("shop", "")));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
-use switchyard_core::{config::Settings, shutdown::Shutdown, telemetry};
+use switchyard_core::service::Service;
 
 /// Delivers events from DELIVER to one provider's HTTP API.
 #[derive(Parser)]
@@ -21,17 +21,13 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let settings = Settings::load(args.config.as_deref())?;
+    let service = Service::start(args.config.as_deref(), "delivery").await?;
     let provider = args
         .provider
-        .or_else(|| settings.delivery.provider.clone())
+        .or_else(|| service.settings.delivery.provider.clone())
         .context("no provider given: pass --provider NAME or set SWITCHYARD__DELIVERY__PROVIDER")?;
-    let _guard = telemetry::init(&settings.telemetry, "delivery")?;
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
-    switchyard_core::admin::start(&settings, &shutdown).await?;
-    let run = switchyard_delivery::run(settings, provider, shutdown.clone());
-    shutdown.spawn("delivery", run);
-    shutdown.wait(Duration::from_secs(60)).await?;
+    let run =
+        switchyard_delivery::run(service.settings.clone(), provider, service.shutdown.clone());
+    service.run(run, Duration::from_secs(60)).await?;
     Ok(())
 }

@@ -15,6 +15,7 @@ use switchyard_core::{
     catalog::{self, Provider, RetryPolicy},
     headers,
     outbound::{Failure, FailureKind},
+    outcome::ErrorKind,
     secrets::{ExposeSecret, SecretSource},
     telemetry,
 };
@@ -47,19 +48,17 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The kind of failure for metrics and outcome records: `none` for a 2xx, else
-    /// `http_429`, `http_4xx`, `http_5xx`, `timeout`, `connect`, `tls`, `blocked`,
-    /// `credentials` or `other`.
-    pub fn error_kind(&self) -> &'static str {
+    /// The kind of failure for metrics and outcome records.
+    pub fn error_kind(&self) -> ErrorKind {
         match (self.status, &self.failure) {
-            (Some(200..=299), _) => "none",
-            (Some(429), _) => "http_429",
-            (Some(400..=499), _) => "http_4xx",
-            (Some(500..=599), _) => "http_5xx",
-            (Some(_), _) => "other",
-            (None, _) if self.not_sent => "credentials",
-            (None, Some(failure)) => failure.kind.as_str(),
-            (None, None) => "other",
+            (Some(200..=299), _) => ErrorKind::None,
+            (Some(429), _) => ErrorKind::Http429,
+            (Some(400..=499), _) => ErrorKind::Http4xx,
+            (Some(500..=599), _) => ErrorKind::Http5xx,
+            (Some(_), _) => ErrorKind::Other,
+            (None, _) if self.not_sent => ErrorKind::Credentials,
+            (None, Some(failure)) => failure.kind.into(),
+            (None, None) => ErrorKind::Other,
         }
     }
 
@@ -76,8 +75,8 @@ impl Answer {
             None => telemetry::record_error(
                 span,
                 match self.error_kind() {
-                    "other" => "_OTHER",
-                    kind => kind,
+                    ErrorKind::Other => "_OTHER",
+                    kind => kind.as_str(),
                 },
             ),
         }
@@ -367,8 +366,11 @@ mod tests {
             classify(&failed(FailureKind::Blocked), &retry),
             Verdict::Rejected
         );
-        assert_eq!(failed(FailureKind::Blocked).error_kind(), "blocked");
-        assert_eq!(failed(FailureKind::Tls).error_kind(), "tls");
+        assert_eq!(
+            failed(FailureKind::Blocked).error_kind(),
+            ErrorKind::Blocked
+        );
+        assert_eq!(failed(FailureKind::Tls).error_kind(), ErrorKind::Tls);
     }
 
     #[test]

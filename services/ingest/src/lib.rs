@@ -37,6 +37,7 @@ use switchyard_core::{
     metrics::{self, IngestLabels, SourceLabels},
     nats::{self, Nats},
     outbound::Guard,
+    outcome::FailureCategory,
     secrets::SecretSource,
     shutdown::Shutdown,
     telemetry, topology,
@@ -472,7 +473,7 @@ async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<
         Some(violations) => {
             message_headers.insert(headers::SOURCE, event.source);
             message_headers.insert(headers::EVENT_TYPE, event.event_type);
-            message_headers.insert(headers::FAILURE_CATEGORY, "schema");
+            message_headers.insert(headers::FAILURE_CATEGORY, FailureCategory::Schema.as_str());
             let reason = violations
                 .iter()
                 .map(|v| {

@@ -10,8 +10,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod dead_letters;
-pub mod replay;
 mod routing;
 
 use std::{sync::Arc, time::Duration};
@@ -57,7 +55,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
     let config = pull::Config {
         durable_name: Some(topology::TRANSFORM_CONSUMER.to_owned()),
         description: Some("Switchyard transform replicas".to_owned()),
-        filter_subject: "ingest.>".to_owned(),
+        filter_subject: topology::ALL_INGEST.to_owned(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
         ack_wait: settings.transform.ack_wait,
@@ -268,11 +266,12 @@ fn outputs(
     routing.outputs(&incoming, None)
 }
 
-/// Publishes one output with its trace context; returns the ack to await.
-pub(crate) async fn publish(
+/// Publishes one output with its trace context; returns the ack to await. Transform
+/// and control's replays publish what routing made through this one function.
+pub async fn publish(
     jetstream: &jetstream::Context,
     output: Outgoing,
-) -> Result<PublishAckFuture, String> {
+) -> Result<PublishAckFuture, switchyard_core::Error> {
     let Outgoing {
         subject,
         mut headers,
@@ -284,13 +283,13 @@ pub(crate) async fn publish(
         .publish_with_headers(subject, headers, body)
         .instrument(span)
         .await
-        .map_err(|err| format!("publish failed: {err}"))
+        .map_err(|err| switchyard_core::Error::nats_while("publish", err))
 }
 
 /// Acks the ingest message once every output is stored, or NAKs it to try again.
 async fn settle(
     message: jetstream::Message,
-    acks: Result<Vec<PublishAckFuture>, String>,
+    acks: Result<Vec<PublishAckFuture>, switchyard_core::Error>,
     event_id: String,
 ) {
     let stored = match acks {
@@ -303,7 +302,7 @@ async fn settle(
             }
             failure.map_or(Ok(()), Err)
         }
-        Err(err) => Err(err),
+        Err(err) => Err(err.to_string()),
     };
     let result = match stored {
         Ok(()) => message.ack().await,

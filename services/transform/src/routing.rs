@@ -14,6 +14,7 @@ use switchyard_core::{
     headers,
     mapping::{CompiledMapping, Event, Filter, MappingError, Output, Program, RunError},
     metrics::{self, Counter, Histogram, RouteLabels, TransformLabels},
+    outcome::FailureCategory,
     topology,
 };
 
@@ -75,7 +76,7 @@ impl RouteMetrics {
                 .transform_results
                 .get_or_create(&TransformLabels {
                     route: route.to_owned(),
-                    outcome: (*category).to_owned(),
+                    outcome: category.as_str().to_owned(),
                 })
                 .inc(),
         };
@@ -119,7 +120,7 @@ pub enum Decision {
     /// The event cannot go this way: dead-letter it with the original body.
     DeadLetter {
         /// `filter`, `mapping` or `contract`.
-        category: &'static str,
+        category: FailureCategory,
         /// What went wrong, with the failing paths for a contract.
         reason: String,
         /// The failing JSON pointers, for a contract violation.
@@ -272,14 +273,18 @@ impl CompiledRoute {
     pub fn decide(&self, event: &mut Result<Event, RunError>, last: bool) -> Decision {
         let event = match event {
             Ok(event) => event,
-            Err(err) => return dead_letter("mapping", err.to_string(), &[]),
+            Err(err) => return dead_letter(FailureCategory::Mapping, err.to_string(), &[]),
         };
         if let Some(filter) = &self.filter {
             match filter.matches(event) {
                 Ok(true) => {}
                 Ok(false) => return Decision::Filtered,
                 Err(err) => {
-                    return dead_letter("filter", format!("the route's filter failed: {err}"), &[]);
+                    return dead_letter(
+                        FailureCategory::Filter,
+                        format!("the route's filter failed: {err}"),
+                        &[],
+                    );
                 }
             }
         }
@@ -359,7 +364,7 @@ impl CompiledRoute {
                 reason,
                 paths,
             } => {
-                tracing::warn!(route = %route.name, mapping = %self.mapping, event_id = event.event_id, category, reason, "dead-lettering the event");
+                tracing::warn!(route = %route.name, mapping = %self.mapping, event_id = event.event_id, %category, reason, "dead-lettering the event");
                 if let Some(original) = event.headers {
                     for (name, values) in original.iter() {
                         if headers::get(Some(&out), name.as_ref()).is_none() {
@@ -373,7 +378,7 @@ impl CompiledRoute {
                     headers::NATS_MSG_ID,
                     format!("{}:{}:dlq", event.event_id, route.name).as_str(),
                 );
-                out.insert(headers::FAILURE_CATEGORY, category);
+                out.insert(headers::FAILURE_CATEGORY, category.as_str());
                 out.insert(
                     headers::FAILURE_REASON,
                     headers::sanitize_value(&reason).as_str(),
@@ -397,7 +402,7 @@ impl CompiledRoute {
     }
 }
 
-fn dead_letter(category: &'static str, reason: String, violations: &[Violation]) -> Decision {
+fn dead_letter(category: FailureCategory, reason: String, violations: &[Violation]) -> Decision {
     Decision::DeadLetter {
         category,
         reason,

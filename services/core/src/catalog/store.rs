@@ -41,9 +41,10 @@ impl CatalogStore {
     /// Opens the catalog bucket created by `ensure_topology`.
     pub async fn open(jetstream: &jetstream::Context) -> Result<Self, Error> {
         let kv = jetstream.get_key_value(BUCKET).await.map_err(|err| {
-            Error::Nats(format!(
-                "cannot open KV bucket {BUCKET} (has the topology been created?): {err}"
-            ))
+            Error::nats_while(
+                format!("cannot open KV bucket {BUCKET} (has the topology been created?)"),
+                err,
+            )
         })?;
         Ok(Self {
             kv,
@@ -88,7 +89,7 @@ impl CatalogStore {
                 expected,
                 actual: self.load().await?.revision,
             }),
-            Err((false, message)) => Err(Error::Nats(message)),
+            Err((false, message)) => Err(Error::nats(message)),
         }
     }
 

@@ -1,0 +1,326 @@
+//! One message's way to the provider: wait for its ordering key's turn, skip it when
+//! the ledger says it was delivered, wait for the pace and the breaker, send it, and
+//! settle it by what the attempt led to (see `settle.rs`).
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, AckKind},
+};
+use reqwest::header::{HeaderName, HeaderValue};
+use switchyard_core::{
+    headers,
+    ledger::{self, Ledger, Record},
+    metrics::{self, ProviderLabels},
+    outbound::{Failure, FailureKind},
+    shutdown::Shutdown,
+    telemetry, topology,
+};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::{
+    ACK_WAIT, HAND_BACK, HELD_RETRY, PACING_STEP, SETTLE_RETRY, Shared,
+    breaker::Permit,
+    ordering::Turn,
+    sender::{Answer, Verdict, classify},
+    target::Target,
+};
+
+/// Everything one message's delivery needs from the process.
+pub(crate) struct Delivery {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) target: Arc<Target>,
+    pub(crate) active: Shutdown,
+}
+
+/// A message owed to the provider, with what identifies it and its ledger record.
+pub(crate) struct Owed<'a> {
+    pub(crate) message: &'a jetstream::Message,
+    pub(crate) event_id: &'a str,
+    pub(crate) route: &'a str,
+    /// Sent as `Idempotency-Key`; the same for every attempt of this delivery.
+    pub(crate) idempotency_key: &'a str,
+    /// The ledger entry of `idempotency_key`.
+    pub(crate) ledger_key: String,
+    /// Attempts counted so far and the last status.
+    pub(crate) record: Record,
+}
+
+/// Why a message left without a counted attempt.
+enum Deferral {
+    /// Hand it back (shutdown or lease loss).
+    HandBack,
+    /// Try again after this long.
+    After(Duration),
+}
+
+impl Delivery {
+    /// Delivers `message`, counting it as in flight meanwhile.
+    pub(crate) async fn handle(self, message: jetstream::Message, turn: Option<Turn>) {
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        self.work(message, turn).await;
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn work(self, message: jetstream::Message, turn: Option<Turn>) {
+        let Ok(info) = message.info() else {
+            tracing::error!(subject = %message.subject, "message without JetStream metadata");
+            return;
+        };
+        let (sequence, delivered) = (info.stream_sequence, info.delivered);
+        let message_headers = message.headers.as_ref();
+        let header = |name| headers::get(message_headers, name).unwrap_or("").to_owned();
+        let (event_id, route) = (header(headers::EVENT_ID), header(headers::ROUTE));
+        let idempotency_key = match (event_id.is_empty(), route.is_empty()) {
+            (false, false) => ledger::delivery_key(
+                &event_id,
+                &route,
+                headers::get(message_headers, headers::REDELIVERY),
+            ),
+            _ => headers::get(message_headers, headers::NATS_MSG_ID)
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("deliver-{sequence}")),
+        };
+        let consumer = topology::delivery_consumer(&self.shared.provider);
+        let span = telemetry::process_span(&message, &consumer, &event_id);
+        let work = async {
+            if let Some(turn) = &turn {
+                turn.wait().await;
+                if let Some(wait) = self.earlier_pending(&message, sequence, delivered).await {
+                    return settle(&message, AckKind::Nak(Some(wait))).await;
+                }
+            }
+            let ledger_key = Ledger::key(&idempotency_key);
+            let record = match self.shared.ledger.get(&ledger_key).await {
+                Ok(record) => record,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the delivery record; trying later");
+                    return settle(&message, AckKind::Nak(Some(SETTLE_RETRY))).await;
+                }
+            };
+            if record.delivered {
+                tracing::info!(
+                    idempotency_key,
+                    "already delivered; acking without sending again"
+                );
+                return settle(&message, AckKind::Ack).await;
+            }
+            let owed = Owed {
+                message: &message,
+                event_id: &event_id,
+                route: &route,
+                idempotency_key: &idempotency_key,
+                ledger_key,
+                record,
+            };
+            self.attempt(owed).await;
+        };
+        keep_alive(&message, work.instrument(span)).await;
+    }
+
+    /// A delay when an earlier message with the same ordering key is still owed.
+    async fn earlier_pending(
+        &self,
+        message: &jetstream::Message,
+        sequence: u64,
+        delivered: i64,
+    ) -> Option<Duration> {
+        match self
+            .shared
+            .deliver
+            .get_first_raw_message_by_subject(message.subject.as_str(), 0)
+            .await
+        {
+            Ok(first) if first.sequence < sequence => {
+                let step = 250u64 << (delivered.clamp(1, 6) - 1);
+                Some(Duration::from_millis(step.min(5_000)))
+            }
+            Ok(_) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot check the ordering key; waiting");
+                Some(SETTLE_RETRY)
+            }
+        }
+    }
+
+    /// Makes one counted attempt (two when a cached token is refused) and settles it.
+    async fn attempt(&self, owed: Owed<'_>) {
+        let probe = match self.pace().await {
+            Ok(probe) => probe,
+            Err(Deferral::HandBack) => {
+                return settle(owed.message, AckKind::Nak(Some(HAND_BACK))).await;
+            }
+            Err(Deferral::After(delay)) => {
+                return settle(owed.message, AckKind::Nak(Some(delay))).await;
+            }
+        };
+        let attempt = owed.record.attempts + 1;
+        let (mut answer, credentials) = self.send(&owed, attempt).await;
+        let mut verdict = classify(&answer, &self.target.provider.retry);
+        if verdict == Verdict::Unauthorized && self.target.auth.unauthorized(&credentials).await {
+            tracing::info!("401 with a cached token; retrying once with a fresh one");
+            (answer, _) = self.send(&owed, attempt).await;
+            verdict = classify(&answer, &self.target.provider.retry);
+        }
+        if let Some((remaining, reset)) = answer.budget {
+            self.shared.limiter.limit_until_reset(remaining, reset);
+        }
+        // Only a provider that was called and failed counts against the breaker.
+        let failed = verdict == Verdict::Retryable && !answer.not_sent;
+        let transition = {
+            let mut breaker = self.shared.breaker.lock().expect("breaker lock");
+            breaker
+                .record(Instant::now(), !failed, probe)
+                .map(|transition| (transition, breaker.cool_down()))
+        };
+        if let Some((transition, cool_down)) = transition {
+            self.shared.breaker_changed(transition, cool_down).await;
+        }
+        self.settle(owed, verdict, answer).await;
+    }
+
+    /// Waits until the pace and the breaker let a request go; `Ok(true)` when it is
+    /// the breaker's probe.
+    async fn pace(&self) -> Result<bool, Deferral> {
+        loop {
+            if self.active.is_shutting_down() {
+                return Err(Deferral::HandBack);
+            }
+            // An operator pause also holds back what was pulled before it.
+            if self.shared.paused.load(Ordering::Relaxed) {
+                return Err(Deferral::After(HELD_RETRY));
+            }
+            if let Err(wait) = self.shared.limiter.try_acquire() {
+                let step = wait.min(PACING_STEP);
+                metrics::metrics()
+                    .rate_limit_wait
+                    .get_or_create(&ProviderLabels {
+                        provider: self.shared.provider.clone(),
+                    })
+                    .inc_by(step.as_secs_f64());
+                tokio::select! {
+                    () = self.active.cancelled() => return Err(Deferral::HandBack),
+                    () = tokio::time::sleep(step) => continue,
+                }
+            }
+            let (permit, transition) = {
+                let mut breaker = self.shared.breaker.lock().expect("breaker lock");
+                let (permit, transition) = breaker.permit(Instant::now());
+                (permit, transition.map(|t| (t, breaker.cool_down())))
+            };
+            if let Some((transition, cool_down)) = transition {
+                self.shared.breaker_changed(transition, cool_down).await;
+            }
+            match permit {
+                Permit::Allow => return Ok(false),
+                Permit::Probe => return Ok(true),
+                Permit::Wait(wait) if wait > PACING_STEP => {
+                    return Err(Deferral::After(wait.min(HELD_RETRY)));
+                }
+                Permit::Wait(wait) => tokio::time::sleep(wait).await,
+            }
+        }
+    }
+
+    /// Sends the message once with its metadata, trace context and credentials;
+    /// returns the answer and the credentials used.
+    async fn send(&self, owed: &Owed<'_>, attempt: u32) -> (Answer, reqwest::header::HeaderMap) {
+        let message = owed.message;
+        let message_headers = message.headers.as_ref();
+        let mut extra = reqwest::header::HeaderMap::new();
+        let mut put = |name: &str, value: &str| {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                extra.insert(name, value);
+            }
+        };
+        put(
+            "content-type",
+            headers::get(message_headers, headers::CONTENT_TYPE).unwrap_or("application/json"),
+        );
+        put("idempotency-key", owed.idempotency_key);
+        put("switchyard-attempt", &attempt.to_string());
+        for name in [
+            headers::EVENT_ID,
+            headers::SOURCE,
+            headers::EVENT_TYPE,
+            headers::ROUTE,
+            headers::MAPPING,
+        ] {
+            if let Some(value) = headers::get(message_headers, name) {
+                put(name, value);
+            }
+        }
+        let span = self.target.sender.span(attempt - 1);
+        let mut trace = HeaderMap::new();
+        headers::inject_span(&span, &mut trace);
+        for name in ["traceparent", "tracestate"] {
+            if let Some(value) = headers::get(Some(&trace), name) {
+                put(name, value);
+            }
+        }
+        let sent = async {
+            let credentials = match self
+                .target
+                .auth
+                .headers(owed.idempotency_key, &message.payload)
+                .await
+            {
+                Ok(credentials) => credentials,
+                Err(err) => {
+                    let answer = Answer {
+                        failure: Some(Failure {
+                            kind: FailureKind::Other,
+                            message: err.to_string(),
+                        }),
+                        not_sent: true,
+                        ..Default::default()
+                    };
+                    return (answer, reqwest::header::HeaderMap::new());
+                }
+            };
+            extra.extend(credentials.clone());
+            let body = message.payload.clone();
+            (self.target.sender.send(body, extra).await, credentials)
+        }
+        .instrument(span.clone())
+        .await;
+        sent.0.trace(&span);
+        sent
+    }
+}
+
+/// Acks (waiting for the server) or NAKs the message, logging a failure once.
+pub(crate) async fn settle(message: &jetstream::Message, kind: AckKind) {
+    let result = match kind {
+        AckKind::Ack => message.double_ack().await,
+        other => message.ack_with(other).await,
+    };
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "could not settle the message; the server will redeliver it");
+    }
+}
+
+/// Runs `work` while telling the server every so often that the message is still being
+/// worked on, so waiting for the pace or a slow provider never causes a redelivery.
+async fn keep_alive(message: &jetstream::Message, work: impl std::future::Future<Output = ()>) {
+    tokio::pin!(work);
+    let mut progress = tokio::time::interval(ACK_WAIT / 3);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut work => return,
+            _ = progress.tick() => {
+                let _ = message.ack_with(AckKind::Progress).await;
+            }
+        }
+    }
+}
