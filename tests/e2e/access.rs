@@ -138,7 +138,9 @@ async fn keys_and_scopes_decide_what_a_caller_may_do() {
 #[test]
 fn syctl_prints_the_hash_the_servers_accept() {
     let output = std::process::Command::new(syctl())
-        .args(["keys", "create", "--name", "ci", "--scope", "admin", "-o", "json"])
+        .args([
+            "keys", "create", "--name", "ci", "--scope", "admin", "-o", "json",
+        ])
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
+    error::ApiError,
     proto::convert::{json_to_struct, struct_to_json},
     proto::{
         self, ApplyRequest, ApplyResponse, ChangeAction, DeleteResourceRequest,
@@ -36,19 +37,10 @@ impl CatalogApi {
 }
 
 /// Maps a core error to the gRPC code that tells the caller what to do.
-pub(crate) fn status(err: CoreError) -> Status {
-    match err {
-        CoreError::Invalid(errors) => Status::invalid_argument(errors.to_string()),
-        CoreError::Conflict { .. } => Status::aborted(err.to_string()),
-        CoreError::Nats(_) => Status::unavailable(err.to_string()),
-        other => Status::internal(other.to_string()),
-    }
-}
-
 /// ABORTED unless the catalog is still at `expected` (0: whatever is current).
 fn still_at(expected: u64, actual: u64) -> Result<(), Status> {
     if expected != 0 && expected != actual {
-        return Err(status(CoreError::Conflict { expected, actual }));
+        return Err(ApiError::from(CoreError::Conflict { expected, actual }).into());
     }
     Ok(())
 }
@@ -116,7 +108,7 @@ impl CatalogApi {
         self.guard
             .check_catalog(bundle)
             .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let current = self.store.load().await.map_err(status)?;
+        let current = self.store.load().await.map_err(ApiError::from)?;
         still_at(expected_revision, current.revision)?;
         let (next, changes) = current
             .catalog
@@ -132,7 +124,7 @@ impl CatalogApi {
                 .store
                 .save(&next, current.revision)
                 .await
-                .map_err(status)?;
+                .map_err(ApiError::from)?;
             tracing::info!(revision, changes = changes.len(), "catalog applied");
             revision
         };
@@ -219,7 +211,7 @@ impl CatalogService for CatalogApi {
                 .parse::<MappingRef>()
                 .map_err(|err| Status::invalid_argument(format!("name: {err}")))?;
         }
-        let snapshot = self.store.load().await.map_err(status)?;
+        let snapshot = self.store.load().await.map_err(ApiError::from)?;
         resources(&snapshot.catalog, Some(kind))
             .into_iter()
             .find(|resource| resource.name == request.name)
@@ -233,7 +225,7 @@ impl CatalogService for CatalogApi {
     ) -> Result<Response<ListResourcesResponse>, Status> {
         auth::require(&request, Scope::Read, "ListResources")?;
         let only = kind_of(request.into_inner().kind());
-        let snapshot = self.store.load().await.map_err(status)?;
+        let snapshot = self.store.load().await.map_err(ApiError::from)?;
         Ok(Response::new(ListResourcesResponse {
             resources: resources(&snapshot.catalog, only),
             revision: snapshot.revision,
@@ -341,7 +333,7 @@ impl CatalogService for CatalogApi {
         let request = request.into_inner();
         let kind =
             kind_of(request.kind()).ok_or_else(|| Status::invalid_argument("kind: must be set"))?;
-        let current = self.store.load().await.map_err(status)?;
+        let current = self.store.load().await.map_err(ApiError::from)?;
         still_at(request.expected_revision, current.revision)?;
         let next = current
             .catalog
@@ -352,7 +344,7 @@ impl CatalogService for CatalogApi {
             .store
             .save(&next, current.revision)
             .await
-            .map_err(status)?;
+            .map_err(ApiError::from)?;
         tracing::info!(revision, %kind, name = %request.name, "catalog resource deleted");
         Ok(Response::new(DeleteResourceResponse { revision }))
     }

@@ -22,7 +22,8 @@ use switchyard_core::{
     config::Scope,
     event, headers,
     ledger::{self, Ledger},
-    topology,
+    outcome::OutcomeRecord,
+    topology::{self, DeadLetterOwner},
 };
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -30,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    catalog::status,
+    error::ApiError,
     proto::convert::{timestamp, timestamp_of},
     proto::{self, GetEventRequest, RouteLineage, event_service_server::EventService},
 };
@@ -150,7 +151,7 @@ async fn owed(
             return Ok((found, false));
         }
         let message = match stream
-            .get_first_raw_message_by_subject("deliver.>", sequence)
+            .get_first_raw_message_by_subject(topology::ALL_DELIVER, sequence)
             .await
         {
             Ok(message) => message,
@@ -204,7 +205,7 @@ impl EventService for EventApi {
         let (ingest, mut complete) = scan(
             &self.jetstream,
             topology::INGEST,
-            "ingest.>",
+            topology::ALL_INGEST,
             minted.map(|at| at - CLOCK_SLACK),
             minted.map(|at| at + CLOCK_SLACK),
             |message| {
@@ -239,25 +240,29 @@ impl EventService for EventApi {
         let (attempts, outcomes_complete) = scan(
             &self.jetstream,
             topology::OUTCOMES,
-            "outcome.>",
+            topology::ALL_OUTCOMES,
             since,
             None,
             |message| {
-                serde_json::from_slice::<serde_json::Value>(&message.payload)
-                    .is_ok_and(|record| record["event_id"] == event_id.as_str())
+                serde_json::from_slice::<OutcomeRecord>(&message.payload)
+                    .is_ok_and(|record| record.attempt().is_some_and(|a| a.event_id == event_id))
             },
         )
         .await?;
-        let (dead, dlq_complete) =
-            scan(&self.jetstream, topology::DLQ, "dlq.>", since, None, |m| {
-                has_event(m, &event_id)
-            })
-            .await?;
+        let (dead, dlq_complete) = scan(
+            &self.jetstream,
+            topology::DLQ,
+            topology::ALL_DLQ,
+            since,
+            None,
+            |m| has_event(m, &event_id),
+        )
+        .await?;
         let (waiting, deliver_complete) = owed(&self.jetstream, &event_id).await?;
         complete &= outcomes_complete && dlq_complete && deliver_complete;
 
         // Routes: today's matches, then any other that left a trace.
-        let snapshot = self.store.load().await.map_err(status)?;
+        let snapshot = self.store.load().await.map_err(ApiError::from)?;
         let mut routes: BTreeMap<String, RouteLineage> = BTreeMap::new();
         let entry = |routes: &mut BTreeMap<String, RouteLineage>, route: &str| {
             routes.entry(route.to_owned()).or_insert_with(|| {
@@ -283,20 +288,22 @@ impl EventService for EventApi {
             entry(&mut routes, &route.name);
         }
         for found in &attempts {
-            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&found.payload) else {
+            let Ok(record) = serde_json::from_slice::<OutcomeRecord>(&found.payload) else {
                 continue;
             };
-            let route = record["route"].as_str().unwrap_or_default();
-            entry(&mut routes, route);
-            let lineage = routes.get_mut(route).expect("just added");
-            lineage.provider = record["provider"].as_str().unwrap_or_default().to_owned();
+            let Some(attempt) = record.attempt() else {
+                continue;
+            };
+            entry(&mut routes, &attempt.route);
+            let lineage = routes.get_mut(&attempt.route).expect("just added");
+            lineage.provider = record.provider.clone();
             lineage.attempts.push(proto::Attempt {
-                attempt: record["attempt"].as_u64().unwrap_or_default() as u32,
-                at: record["at"].as_str().and_then(timestamp),
-                status: record["status"].as_u64().unwrap_or_default() as u32,
-                latency_ms: record["latency_ms"].as_f64().unwrap_or_default(),
-                category: record["category"].as_str().unwrap_or_default().to_owned(),
-                reason: record["reason"].as_str().unwrap_or_default().to_owned(),
+                attempt: attempt.attempt,
+                at: timestamp(&record.at),
+                status: attempt.status.map(u32::from).unwrap_or_default(),
+                latency_ms: attempt.latency_ms,
+                category: attempt.category.to_string(),
+                reason: attempt.reason.clone().unwrap_or_default(),
             });
         }
         for (found, state) in dead
@@ -312,18 +319,22 @@ impl EventService for EventApi {
             }
             if state == "dead_lettered" {
                 lineage.dead_letters.push(found.sequence);
-                if let Some(provider) = found.subject.strip_prefix("dlq.") {
+                if let Some(DeadLetterOwner::Provider(provider)) =
+                    topology::parse_dlq_subject(&found.subject)
+                {
                     lineage.provider = provider.to_owned();
                 }
             }
             lineage.state = state.into();
         }
-        let ledger = Ledger::open(&self.jetstream).await.map_err(status)?;
+        let ledger = Ledger::open(&self.jetstream)
+            .await
+            .map_err(ApiError::from)?;
         for lineage in routes.values_mut() {
             let record = ledger
                 .get(&Ledger::key(&lineage.idempotency_key))
                 .await
-                .map_err(status)?;
+                .map_err(ApiError::from)?;
             if record.delivered {
                 lineage.state = "delivered".into();
             }

@@ -8,6 +8,7 @@
 mod auth;
 mod catalog;
 mod dead_letters;
+mod error;
 mod events;
 mod mapping;
 mod provider;
@@ -23,8 +24,8 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 use crate::auth::Authenticate;
 
 pub use crate::{
-    catalog::CatalogApi, dead_letters::DeadLetterApi, events::EventApi, mapping::MappingApi,
-    provider::ProviderApi, replay::ReplayApi, stats::StatsApi,
+    catalog::CatalogApi, dead_letters::DeadLetterApi, error::ApiError, events::EventApi,
+    mapping::MappingApi, provider::ProviderApi, replay::ReplayApi, stats::StatsApi,
 };
 
 use switchyard_proto as proto;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    catalog::status,
+    error::ApiError,
     proto::{
         self, TestMappingRequest, TestMappingResponse, mapping_service_server::MappingService,
     },
@@ -41,7 +41,7 @@ impl MappingApi {
             let reference = reference.ok_or_else(|| {
                 Status::invalid_argument("reference or document: say which mapping to test")
             })?;
-            let snapshot = self.store.load().await.map_err(status)?;
+            let snapshot = self.store.load().await.map_err(ApiError::from)?;
             return snapshot
                 .catalog
                 .mapping(&reference)

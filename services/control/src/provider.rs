@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    catalog::status,
+    error::ApiError,
     proto::convert::{timestamp, timestamp_in},
     proto::{
         self, GetProviderStatusRequest, ListProviderStatusRequest, ListProviderStatusResponse,
@@ -65,7 +65,7 @@ impl ProviderApi {
 
     /// Fails with NOT_FOUND unless the catalog has `provider`.
     async fn known(&self, provider: &str) -> Result<(), Status> {
-        let snapshot = self.store.load().await.map_err(status)?;
+        let snapshot = self.store.load().await.map_err(ApiError::from)?;
         if snapshot.catalog.provider(provider).is_none() {
             return Err(Status::not_found(format!("no provider named {provider:?}")));
         }
@@ -122,8 +122,11 @@ impl ProviderApi {
             }
             // No delivery process has ever run: nothing was handed out yet.
             Err(_) => (
-                self.subject_count(topology::DELIVER, &format!("deliver.{provider}.>"))
-                    .await?,
+                self.subject_count(
+                    topology::DELIVER,
+                    &topology::provider_deliver_filter(provider),
+                )
+                .await?,
                 0,
             ),
         };
@@ -182,7 +185,7 @@ impl ProviderApi {
     async fn subject_count(&self, stream: &str, subject: &str) -> Result<u64, Status> {
         let counts = topology::subject_counts(&self.nats.jetstream, stream, subject)
             .await
-            .map_err(status)?;
+            .map_err(ApiError::from)?;
         Ok(counts.values().sum())
     }
 }
@@ -213,7 +216,7 @@ impl ProviderService for ProviderApi {
         request: Request<ListProviderStatusRequest>,
     ) -> Result<Response<ListProviderStatusResponse>, Status> {
         auth::require(&request, Scope::Read, "ListProviderStatus")?;
-        let snapshot = self.store.load().await.map_err(status)?;
+        let snapshot = self.store.load().await.map_err(ApiError::from)?;
         let providers = futures::stream::iter(snapshot.catalog.providers.iter())
             .then(|provider| async move {
                 let live = self.ask(&provider.name, Command::Status).await;

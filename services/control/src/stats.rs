@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
-    catalog::status,
+    error::ApiError,
     proto::convert::timestamp_of,
     proto::{
         ConsumerStats, GetStatsRequest, Stats, StreamStats, stats_service_server::StatsService,
@@ -37,7 +37,7 @@ impl StatsService for StatsApi {
         auth::require(&request, Scope::Read, "GetStats")?;
         let unavailable = |err: &dyn std::fmt::Display| Status::unavailable(err.to_string());
         let mut stats = Stats {
-            catalog_revision: self.store.load().await.map_err(status)?.revision,
+            catalog_revision: self.store.load().await.map_err(ApiError::from)?.revision,
             ..Default::default()
         };
         for name in [
@@ -83,11 +83,12 @@ impl StatsService for StatsApi {
                 });
             }
             if name == topology::DLQ && state.messages > 0 {
-                stats.dead_letters = topology::subject_counts(&self.jetstream, name, "dlq.>")
-                    .await
-                    .map_err(status)?
-                    .into_iter()
-                    .collect();
+                stats.dead_letters =
+                    topology::subject_counts(&self.jetstream, name, topology::ALL_DLQ)
+                        .await
+                        .map_err(ApiError::from)?
+                        .into_iter()
+                        .collect();
             }
         }
         stats

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::Parser;
-use switchyard_core::{config::Settings, shutdown::Shutdown, telemetry};
+use switchyard_core::service::Service;
 
 /// Routes INGEST events through versioned VRL mappings into DELIVER.
 #[derive(Parser)]
@@ -17,15 +17,8 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let settings = Settings::load(args.config.as_deref())?;
-    let _guard = telemetry::init(&settings.telemetry, "transform")?;
-    let shutdown = Shutdown::new();
-    shutdown.listen_for_signals();
-    switchyard_core::admin::start(&settings, &shutdown).await?;
-    shutdown.spawn(
-        "transform",
-        switchyard_transform::run(settings, shutdown.clone()),
-    );
-    shutdown.wait(Duration::from_secs(30)).await?;
+    let service = Service::start(args.config.as_deref(), "transform").await?;
+    let run = switchyard_transform::run(service.settings.clone(), service.shutdown.clone());
+    service.run(run, Duration::from_secs(30)).await?;
     Ok(())
 }

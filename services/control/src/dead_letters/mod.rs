@@ -1,11 +1,17 @@
-//! `switchyard.v1.DeadLetterService`: list, show, replay and purge dead letters.
+//! `switchyard.v1.DeadLetterService`: list, show, replay and purge dead letters. The
+//! queue is read in `queue` and replayed in `replayer`.
+
+mod queue;
+mod replayer;
 
 use async_nats::jetstream;
-use switchyard_core::config::Scope;
-use switchyard_transform::dead_letters::{
-    self, DeadLetters, Filter, MAX_PAGE, Progress, Selection,
-};
+use switchyard_core::{config::Scope, outcome::FailureCategory};
 use tonic::{Request, Response, Status};
+
+use self::{
+    queue::{Criteria, DeadLetter, DeadLetters, MAX_PAGE, Selection},
+    replayer::Progress,
+};
 
 use crate::{
     auth,
@@ -15,7 +21,7 @@ use crate::{
         ListDeadLettersResponse, PurgeDeadLettersRequest, PurgeDeadLettersResponse,
         ReplayDeadLettersRequest, dead_letter_service_server::DeadLetterService,
     },
-    replay::{ProgressStream, progress_stream, status, time},
+    replay::{ProgressStream, progress_stream, time},
 };
 
 /// Page size when the request gives none.
@@ -36,23 +42,14 @@ impl DeadLetterApi {
     }
 }
 
-fn filter(filter: Option<proto::DeadLetterFilter>) -> Result<Filter, Status> {
+/// The criteria of a request's filter; empty fields match any.
+fn criteria(filter: Option<proto::DeadLetterFilter>) -> Result<Criteria, Status> {
     let filter = filter.unwrap_or_default();
-    let category = filter.category.trim().to_owned();
-    const CATEGORIES: [&str; 6] = [
-        "rejected",
-        "exhausted",
-        "mapping",
-        "contract",
-        "filter",
-        "schema",
-    ];
-    if !category.is_empty() && !CATEGORIES.contains(&category.as_str()) {
-        return Err(Status::invalid_argument(format!(
-            "filter.category: {category:?} is not one of {}",
-            CATEGORIES.join(", ")
-        )));
-    }
+    let given = |text: String| Some(text.trim().to_owned()).filter(|t| !t.is_empty());
+    let category = given(filter.category)
+        .map(|category| category.parse::<FailureCategory>())
+        .transpose()
+        .map_err(|err| Status::invalid_argument(format!("filter.category: {err}")))?;
     let since = time("filter.since", filter.since)?;
     let until = time("filter.until", filter.until)?;
     if let (Some(since), Some(until)) = (since, until)
@@ -62,11 +59,11 @@ fn filter(filter: Option<proto::DeadLetterFilter>) -> Result<Filter, Status> {
             "filter.until is before filter.since",
         ));
     }
-    Ok(Filter {
-        provider: filter.provider.trim().to_owned(),
-        source: filter.source.trim().to_owned(),
+    Ok(Criteria {
+        provider: given(filter.provider),
+        source: given(filter.source),
         category,
-        route: filter.route.trim().to_owned(),
+        route: given(filter.route),
         since,
         until,
     })
@@ -76,12 +73,12 @@ fn selection(selection: Option<proto::DeadLetterSelection>) -> Result<Selection,
     let selection = selection.unwrap_or_default();
     Ok(Selection {
         sequences: selection.sequences,
-        filter: filter(selection.filter)?,
+        criteria: criteria(selection.filter)?,
         all: selection.all,
     })
 }
 
-fn to_proto(letter: dead_letters::DeadLetter, full: bool) -> proto::DeadLetter {
+fn to_proto(letter: DeadLetter, full: bool) -> proto::DeadLetter {
     let received_at = proto::convert::timestamp(&letter.received_at);
     proto::DeadLetter {
         sequence: letter.sequence,
@@ -92,7 +89,10 @@ fn to_proto(letter: dead_letters::DeadLetter, full: bool) -> proto::DeadLetter {
         event_id: letter.event_id,
         route: letter.route,
         mapping: letter.mapping,
-        category: letter.category,
+        category: letter
+            .category
+            .map(|category| category.to_string())
+            .unwrap_or_default(),
         reason: letter.reason,
         attempts: letter.attempts,
         last_status: u32::from(letter.last_status),
@@ -136,7 +136,7 @@ impl DeadLetterService for DeadLetterApi {
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
         auth::require(&request, Scope::Read, "ListDeadLetters")?;
         let request = request.into_inner();
-        let filter = filter(request.filter)?;
+        let criteria = criteria(request.filter)?;
         let page_size = match request.page_size as usize {
             0 => DEFAULT_PAGE,
             size => size.min(MAX_PAGE),
@@ -147,11 +147,7 @@ impl DeadLetterService for DeadLetterApi {
                 Status::invalid_argument("page_token: not a token this API returned")
             })?,
         };
-        let (page, next) = self
-            .queue
-            .list(&filter, from, page_size)
-            .await
-            .map_err(status)?;
+        let (page, next) = self.queue.list(&criteria, from, page_size).await?;
         Ok(Response::new(ListDeadLettersResponse {
             dead_letters: page
                 .into_iter()
@@ -171,8 +167,7 @@ impl DeadLetterService for DeadLetterApi {
         let sequence = request.into_inner().sequence;
         self.queue
             .get(sequence)
-            .await
-            .map_err(status)?
+            .await?
             .map(|letter| Response::new(to_proto(letter, true)))
             .ok_or_else(|| Status::not_found(format!("no dead letter at sequence {sequence}")))
     }
@@ -205,7 +200,7 @@ impl DeadLetterService for DeadLetterApi {
         auth::require(&request, Scope::Operate, "PurgeDeadLetters")?;
         let by = auth::caller(&request);
         let selection = selection(request.into_inner().selection)?;
-        let purged = self.queue.purge(&selection).await.map_err(status)?;
+        let purged = self.queue.purge(&selection).await?;
         tracing::warn!(purged, by, "dead letters purged");
         Ok(Response::new(PurgeDeadLettersResponse { purged }))
     }

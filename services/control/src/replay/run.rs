@@ -27,7 +27,9 @@ use switchyard_core::{
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use crate::routing::{Incoming, Routing};
+use switchyard_transform::{Incoming, Routing};
+
+use crate::error::ApiError;
 
 /// What to replay.
 #[derive(Debug, Clone, Default)]
@@ -75,50 +77,34 @@ pub struct Progress {
     pub dry_run: bool,
 }
 
-/// Why a replay could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    /// The request is contradictory or incomplete.
-    #[error("{0}")]
-    Invalid(String),
-    /// The source or route does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// NATS failed.
-    #[error(transparent)]
-    Core(#[from] switchyard_core::Error),
-    /// Whoever asked for it stopped listening.
-    #[error("the replay was cancelled")]
-    Cancelled,
-}
-
 /// Publish acks awaited at once before reading further.
 const ACK_BATCH: usize = 256;
 /// How often progress is reported.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
-fn nats_error(err: impl std::fmt::Display) -> ReplayError {
-    ReplayError::Core(switchyard_core::Error::Nats(err.to_string()))
-}
-
 /// Runs `request`, sending progress on `progress` as it goes; returns the final
-/// count. Stops with [`ReplayError::Cancelled`] when `progress` is closed.
+/// count. Stops with [`ApiError::Cancelled`] when `progress` is closed.
 pub async fn replay(
     jetstream: &jetstream::Context,
     request: Request,
     progress: mpsc::Sender<Progress>,
-) -> Result<Progress, ReplayError> {
+) -> Result<Progress, ApiError> {
     let snapshot = CatalogStore::open(jetstream).await?.load().await?;
     let routing = Routing::build(&snapshot.catalog, snapshot.revision, &Routing::default())
-        .map_err(|err| ReplayError::Invalid(format!("the catalog does not compile: {err}")))?;
+        .map_err(|err| ApiError::Invalid(format!("the catalog does not compile: {err}")))?;
     let source = check(&request, &snapshot.catalog, &routing)?;
     let route = (!request.route.is_empty()).then_some(request.route.as_str());
 
     let mut stream = jetstream
         .get_stream(topology::INGEST)
         .await
-        .map_err(nats_error)?;
-    let last_stored = stream.info().await.map_err(nats_error)?.state.last_sequence;
+        .map_err(ApiError::nats)?;
+    let last_stored = stream
+        .info()
+        .await
+        .map_err(ApiError::nats)?
+        .state
+        .last_sequence;
     let end = match request.to_sequence {
         0 => last_stored,
         to => to.min(last_stored),
@@ -139,24 +125,24 @@ pub async fn replay(
     };
     let mut consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: format!("ingest.{source}.>"),
+            filter_subject: topology::source_ingest_filter(source),
             deliver_policy,
             description: Some(format!("replay {}", state.replay_id)),
             ..Default::default()
         })
         .await
-        .map_err(nats_error)?;
-    state.total = consumer.info().await.map_err(nats_error)?.num_pending;
+        .map_err(ApiError::nats)?;
+    state.total = consumer.info().await.map_err(ApiError::nats)?.num_pending;
     if state.total == 0 {
         return finish(state, &progress).await;
     }
     let ledger = Ledger::open(jetstream).await?;
-    let mut messages = consumer.messages().await.map_err(nats_error)?;
+    let mut messages = consumer.messages().await.map_err(ApiError::nats)?;
     let mut acks: Vec<PublishAckFuture> = Vec::new();
     let mut reported = Instant::now();
     while let Some(message) = messages.next().await {
-        let message = message.map_err(nats_error)?;
-        let info = message.info().map_err(nats_error)?;
+        let message = message.map_err(ApiError::nats)?;
+        let info = message.info().map_err(ApiError::nats)?;
         let (sequence, published, pending) = (info.stream_sequence, info.published, info.pending);
         if sequence > end || request.to_time.is_some_and(|to| published > to) {
             break;
@@ -211,11 +197,7 @@ pub async fn replay(
             output
                 .headers
                 .insert(headers::NATS_MSG_ID, message_id.as_str());
-            acks.push(
-                crate::publish(jetstream, output)
-                    .await
-                    .map_err(nats_error)?,
-            );
+            acks.push(switchyard_transform::publish(jetstream, output).await?);
         }
         if acks.len() >= ACK_BATCH {
             await_acks(&mut acks).await?;
@@ -225,7 +207,7 @@ pub async fn replay(
             progress
                 .send(state.clone())
                 .await
-                .map_err(|_| ReplayError::Cancelled)?;
+                .map_err(|_| ApiError::Cancelled)?;
         }
         if pending == 0 || sequence >= end {
             break;
@@ -240,14 +222,14 @@ fn check<'a>(
     request: &'a Request,
     catalog: &'a switchyard_core::catalog::Catalog,
     routing: &'a Routing,
-) -> Result<&'a str, ReplayError> {
+) -> Result<&'a str, ApiError> {
     if request.from_sequence != 0 && request.from_time.is_some() {
-        return Err(ReplayError::Invalid(
+        return Err(ApiError::Invalid(
             "from_sequence and from_time: give one start, not both".into(),
         ));
     }
     if request.to_sequence != 0 && request.to_sequence < request.from_sequence {
-        return Err(ReplayError::Invalid(format!(
+        return Err(ApiError::Invalid(format!(
             "to_sequence {} is before from_sequence {}",
             request.to_sequence, request.from_sequence
         )));
@@ -255,21 +237,21 @@ fn check<'a>(
     if let (Some(from), Some(to)) = (request.from_time, request.to_time)
         && to < from
     {
-        return Err(ReplayError::Invalid("to_time is before from_time".into()));
+        return Err(ApiError::Invalid("to_time is before from_time".into()));
     }
     let source = if request.route.is_empty() {
         if request.source.is_empty() {
-            return Err(ReplayError::Invalid(
+            return Err(ApiError::Invalid(
                 "source or route: say which events to replay".into(),
             ));
         }
         request.source.as_str()
     } else {
         let route = routing.route(&request.route).ok_or_else(|| {
-            ReplayError::NotFound(format!("route: no route named {:?}", request.route))
+            ApiError::NotFound(format!("route: no route named {:?}", request.route))
         })?;
         if !request.source.is_empty() && request.source != route.route.source {
-            return Err(ReplayError::Invalid(format!(
+            return Err(ApiError::Invalid(format!(
                 "source: route {:?} takes events of {:?}, not {:?}",
                 request.route, route.route.source, request.source
             )));
@@ -277,16 +259,16 @@ fn check<'a>(
         route.route.source.as_str()
     };
     if catalog.source(source).is_none() {
-        return Err(ReplayError::NotFound(format!(
+        return Err(ApiError::NotFound(format!(
             "source: no source named {source:?}"
         )));
     }
     Ok(source)
 }
 
-async fn await_acks(acks: &mut Vec<PublishAckFuture>) -> Result<(), ReplayError> {
+async fn await_acks(acks: &mut Vec<PublishAckFuture>) -> Result<(), ApiError> {
     for ack in acks.drain(..) {
-        ack.await.map_err(nats_error)?;
+        ack.await.map_err(ApiError::nats)?;
     }
     Ok(())
 }
@@ -294,7 +276,7 @@ async fn await_acks(acks: &mut Vec<PublishAckFuture>) -> Result<(), ReplayError>
 async fn finish(
     mut state: Progress,
     progress: &mpsc::Sender<Progress>,
-) -> Result<Progress, ReplayError> {
+) -> Result<Progress, ApiError> {
     state.done = true;
     tracing::info!(
         replay_id = %state.replay_id,

@@ -1,16 +1,20 @@
-//! `switchyard.v1.ReplayService`: re-running stored events, with progress.
+//! `switchyard.v1.ReplayService`: re-running stored events, with progress. The
+//! replay itself is in `run`; the progress stream here serves dead-letter replays too.
+
+mod run;
 
 use std::pin::Pin;
 
 use async_nats::jetstream;
 use futures::Stream;
 use switchyard_core::config::Scope;
-use switchyard_transform::replay::{self, Progress, ReplayError};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use self::run::Progress;
 use crate::{
     auth,
+    error::ApiError,
     proto::{ReplayProgress, ReplayRequest, replay_service_server::ReplayService},
 };
 
@@ -55,15 +59,6 @@ pub(crate) fn time(
         .map_err(|err| Status::invalid_argument(format!("{field}: {err}")))
 }
 
-pub(crate) fn status(err: ReplayError) -> Status {
-    match err {
-        ReplayError::Invalid(message) => Status::invalid_argument(message),
-        ReplayError::NotFound(message) => Status::not_found(message),
-        ReplayError::Core(err) => crate::catalog::status(err),
-        ReplayError::Cancelled => Status::cancelled("the replay was cancelled"),
-    }
-}
-
 /// A server stream of progress reports.
 pub(crate) type ProgressStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -81,7 +76,7 @@ impl ReplayService for ReplayApi {
             auth::require(&request, Scope::Operate, "Replay")?;
         }
         let request = request.into_inner();
-        let request = replay::Request {
+        let request = run::Request {
             source: request.source,
             route: request.route,
             from_sequence: request.from_sequence,
@@ -93,7 +88,7 @@ impl ReplayService for ReplayApi {
         };
         let jetstream = self.jetstream.clone();
         Ok(Response::new(progress_stream(
-            move |progress| async move { replay::replay(&jetstream, request, progress).await },
+            move |progress| async move { run::replay(&jetstream, request, progress).await },
             to_proto,
         )))
     }
@@ -107,7 +102,7 @@ where
     P: Send + 'static,
     T: Send + 'static,
     F: FnOnce(mpsc::Sender<P>) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<P, ReplayError>> + Send,
+    Fut: Future<Output = Result<P, ApiError>> + Send,
 {
     let (progress_tx, mut progress_rx) = mpsc::channel(16);
     let (out_tx, out_rx) = mpsc::channel(16);
@@ -129,7 +124,7 @@ where
             let _ = out_tx.send(Ok(convert(progress))).await;
         }
         if let Err(err) = result {
-            let _ = out_tx.send(Err(status(err))).await;
+            let _ = out_tx.send(Err(err.into())).await;
         }
     });
     let stream = futures::stream::unfold(out_rx, |mut rx| async move {
