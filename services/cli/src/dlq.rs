@@ -8,7 +8,13 @@ use switchyard_proto::{
     dead_letter_service_client::DeadLetterServiceClient,
 };
 
-use crate::{Connection, Failure, Format, bar, print_value, rfc3339, time_flag, usage};
+use crate::{
+    connect::Connection,
+    exit::{Failure, usage},
+    flags::time_flag,
+    output::{Format, Output, Text, body, rfc3339},
+    progress::{bar, follow},
+};
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
@@ -120,7 +126,7 @@ pub async fn run(
     command: DlqCommand,
     connection: Connection,
     format: Format,
-) -> Result<(), Failure> {
+) -> Result<Output, Failure> {
     let mut client = DeadLetterServiceClient::new(connection);
     match command {
         DlqCommand::List {
@@ -136,40 +142,38 @@ pub async fn run(
                 })
                 .await?
                 .into_inner();
-            if format == Format::Table {
-                println!(
-                    "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<36}  REASON",
-                    "SEQ", "DEAD-LETTERED", "PROVIDER", "CATEGORY", "ROUTE", "EVENT"
-                );
-                for letter in &response.dead_letters {
-                    let provider = if letter.provider.is_empty() {
-                        format!("({})", letter.source)
-                    } else {
-                        letter.provider.clone()
-                    };
-                    println!(
-                        "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<36}  {}",
-                        letter.sequence,
-                        rfc3339(letter.dead_lettered_at.as_ref()).unwrap_or_default(),
-                        provider,
-                        letter.category,
-                        letter.route,
-                        letter.event_id,
-                        letter.reason
-                    );
-                }
-                if !response.next_page_token.is_empty() {
-                    println!("more: --page {}", response.next_page_token);
-                }
-            } else {
-                print_value(
-                    format,
-                    &json!({
-                        "dead_letters": response.dead_letters.iter().map(to_json).collect::<Vec<_>>(),
-                        "next_page_token": response.next_page_token,
-                    }),
-                );
+            let mut text = Text::default();
+            text.line(format_args!(
+                "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<36}  REASON",
+                "SEQ", "DEAD-LETTERED", "PROVIDER", "CATEGORY", "ROUTE", "EVENT"
+            ));
+            for letter in &response.dead_letters {
+                let provider = if letter.provider.is_empty() {
+                    format!("({})", letter.source)
+                } else {
+                    letter.provider.clone()
+                };
+                text.line(format_args!(
+                    "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<36}  {}",
+                    letter.sequence,
+                    rfc3339(letter.dead_lettered_at.as_ref()).unwrap_or_default(),
+                    provider,
+                    letter.category,
+                    letter.route,
+                    letter.event_id,
+                    letter.reason
+                ));
             }
+            if !response.next_page_token.is_empty() {
+                text.line(format_args!("more: --page {}", response.next_page_token));
+            }
+            Ok(Output::with_table(
+                json!({
+                    "dead_letters": response.dead_letters.iter().map(to_json).collect::<Vec<_>>(),
+                    "next_page_token": response.next_page_token,
+                }),
+                text,
+            ))
         }
         DlqCommand::Show { sequence } => {
             let letter = client
@@ -177,23 +181,11 @@ pub async fn run(
                 .await?
                 .into_inner();
             let mut shown = to_json(&letter);
-            let mut headers: Vec<_> = letter.headers.iter().collect();
-            headers.sort();
-            shown["headers"] = json!(
-                headers
-                    .into_iter()
-                    .collect::<std::collections::BTreeMap<_, _>>()
-            );
-            shown["body"] = match serde_json::from_slice::<Value>(&letter.body) {
-                Ok(body) => body,
-                Err(_) => Value::String(String::from_utf8_lossy(&letter.body).into_owned()),
-            };
-            let format = if format == Format::Table {
-                Format::Yaml
-            } else {
-                format
-            };
-            print_value(format, &shown);
+            let headers: std::collections::BTreeMap<_, _> = letter.headers.iter().collect();
+            shown["headers"] = json!(headers);
+            shown["body"] = body(&letter.body);
+            // People read a dead letter as YAML: headers and body in full.
+            Ok(Output::new(shown))
         }
         DlqCommand::Replay {
             sequences,
@@ -201,40 +193,30 @@ pub async fn run(
             filter,
             dry_run,
         } => {
-            let mut stream = client
+            let stream = client
                 .replay_dead_letters(ReplayDeadLettersRequest {
                     selection: Some(selection(sequences, all, &filter)?),
                     dry_run,
                 })
                 .await?
                 .into_inner();
-            let show_bar =
-                format == Format::Table && std::io::IsTerminal::is_terminal(&std::io::stderr());
-            let mut last = None;
-            while let Some(progress) = stream.message().await? {
-                if show_bar {
-                    eprint!(
-                        "\r{} dead letters, {} replayed",
-                        bar(progress.scanned, progress.total),
-                        progress.replayed
-                    );
-                }
-                last = Some(progress);
-            }
-            if show_bar {
-                eprintln!();
-            }
-            let last = last.ok_or_else(|| Failure {
-                message: "the replay ended without a result".into(),
-                code: 1,
-            })?;
-            print_progress(format, &last);
-            if last.failed > 0 {
-                return Err(Failure {
-                    message: format!("{} dead letters still fail and were kept", last.failed),
-                    code: 4,
-                });
-            }
+            let last = follow(stream, format, |progress: &DeadLetterProgress| {
+                format!(
+                    "{} dead letters, {} replayed",
+                    bar(progress.scanned, progress.total),
+                    progress.replayed
+                )
+            })
+            .await?;
+            let output = report(&last);
+            Ok(if last.failed > 0 {
+                output.check_failed(format!(
+                    "{} dead letters still fail and were kept",
+                    last.failed
+                ))
+            } else {
+                output
+            })
         }
         DlqCommand::Purge {
             sequences,
@@ -251,14 +233,11 @@ pub async fn run(
                 })
                 .await?
                 .into_inner();
-            if format == Format::Table {
-                println!("purged {} dead letters", response.purged);
-            } else {
-                print_value(format, &json!({"purged": response.purged}));
-            }
+            let mut text = Text::default();
+            text.line(format_args!("purged {} dead letters", response.purged));
+            Ok(Output::with_table(json!({"purged": response.purged}), text))
         }
     }
-    Ok(())
 }
 
 fn to_json(letter: &DeadLetter) -> Value {
@@ -283,28 +262,25 @@ fn to_json(letter: &DeadLetter) -> Value {
     })
 }
 
-fn print_progress(format: Format, progress: &DeadLetterProgress) {
-    if format == Format::Table {
-        let verb = if progress.dry_run {
-            "would be replayed"
-        } else {
-            "replayed"
-        };
-        println!("{} dead letters looked at", progress.scanned);
-        println!("{:>6} {verb}", progress.replayed);
-        println!(
-            "{:>6} already delivered (removed)",
-            progress.already_delivered
-        );
-        println!("{:>6} still failing (kept)", progress.failed);
-        for failure in &progress.failures {
-            println!("       {failure}");
-        }
-        return;
+fn report(progress: &DeadLetterProgress) -> Output {
+    let verb = if progress.dry_run {
+        "would be replayed"
+    } else {
+        "replayed"
+    };
+    let mut text = Text::default();
+    text.line(format_args!("{} dead letters looked at", progress.scanned));
+    text.line(format_args!("{:>6} {verb}", progress.replayed));
+    text.line(format_args!(
+        "{:>6} already delivered (removed)",
+        progress.already_delivered
+    ));
+    text.line(format_args!("{:>6} still failing (kept)", progress.failed));
+    for failure in &progress.failures {
+        text.line(format_args!("       {failure}"));
     }
-    print_value(
-        format,
-        &json!({
+    Output::with_table(
+        json!({
             "replay_id": progress.replay_id,
             "scanned": progress.scanned,
             "replayed": progress.replayed,
@@ -313,5 +289,6 @@ fn print_progress(format: Format, progress: &DeadLetterProgress) {
             "failures": progress.failures,
             "dry_run": progress.dry_run,
         }),
-    );
+        text,
+    )
 }

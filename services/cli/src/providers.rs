@@ -7,7 +7,11 @@ use switchyard_proto::{
     ResetBreakerRequest, ResumeProviderRequest, provider_service_client::ProviderServiceClient,
 };
 
-use crate::{Connection, Failure, Format, print_value, rfc3339};
+use crate::{
+    connect::Connection,
+    exit::Failure,
+    output::{Output, Text, rfc3339},
+};
 
 #[derive(Subcommand)]
 pub enum ProvidersCommand {
@@ -30,11 +34,7 @@ pub enum ProvidersCommand {
     Reset { provider: String },
 }
 
-pub async fn run(
-    command: ProvidersCommand,
-    connection: Connection,
-    format: Format,
-) -> Result<(), Failure> {
+pub async fn run(command: ProvidersCommand, connection: Connection) -> Result<Output, Failure> {
     let mut client = ProviderServiceClient::new(connection);
     let statuses = match command {
         ProvidersCommand::Status { provider: None } => {
@@ -71,8 +71,7 @@ pub async fn run(
                 .into_inner(),
         ],
     };
-    print(format, &statuses);
-    Ok(())
+    Ok(statuses_output(&statuses))
 }
 
 pub(crate) fn to_json(status: &ProviderStatus) -> Value {
@@ -111,24 +110,18 @@ fn breaker_name(status: &ProviderStatus) -> &'static str {
     }
 }
 
-fn print(format: Format, statuses: &[ProviderStatus]) {
-    if format != Format::Table {
-        print_value(
-            format,
-            &Value::Array(statuses.iter().map(to_json).collect()),
-        );
-        return;
-    }
-    println!(
+fn statuses_output(statuses: &[ProviderStatus]) -> Output {
+    let mut text = Text::default();
+    text.line(format_args!(
         "{:<20} {:<8} {:<10} {:<8} {:>8} {:>9} {:>6}  {:<20}  LAST FAILURE",
         "PROVIDER", "ACTIVE", "BREAKER", "PAUSED", "BACKLOG", "IN FLIGHT", "DLQ", "LAST SUCCESS"
-    );
+    ));
     for status in statuses {
         let failure = match rfc3339(status.last_failure.as_ref()) {
             Some(at) => format!("{at} {}", status.last_failure_reason),
             None => "-".into(),
         };
-        println!(
+        text.line(format_args!(
             "{:<20} {:<8} {:<10} {:<8} {:>8} {:>9} {:>6}  {:<20}  {failure}",
             status.provider,
             if status.active { "yes" } else { "no" },
@@ -138,9 +131,9 @@ fn print(format: Format, statuses: &[ProviderStatus]) {
             status.in_flight,
             status.dead_letters,
             rfc3339(status.last_success.as_ref()).unwrap_or_else(|| "-".into()),
-        );
+        ));
         if status.paused {
-            println!(
+            text.line(format_args!(
                 "  paused by {} at {}: {}",
                 status.paused_by,
                 rfc3339(status.paused_at.as_ref()).unwrap_or_default(),
@@ -149,7 +142,8 @@ fn print(format: Format, statuses: &[ProviderStatus]) {
                 } else {
                     &status.paused_reason
                 }
-            );
+            ));
         }
     }
+    Output::with_table(Value::Array(statuses.iter().map(to_json).collect()), text)
 }
