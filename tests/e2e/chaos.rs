@@ -38,7 +38,7 @@ async fn ten_thousand_events_through_failures_and_rate_limits_exactly_once() {
     provider
         .wait_for_accepted(10_000, Duration::from_secs(240))
         .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    pipeline.quiescent().await;
     let received = provider.received();
     let mut accepted_per_key: HashMap<&str, usize> = HashMap::new();
     for request in received.iter().filter(|r| r.accepted()) {

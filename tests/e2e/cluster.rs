@@ -28,7 +28,11 @@ async fn killing_the_leading_node_of_a_three_node_cluster_loses_nothing() {
     let started = Instant::now();
     let events = 1_500;
     let sender = tokio::spawn(send(pipeline.ingest_url.clone(), events, 250));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The leader is killed while events are flowing end to end.
+    switchyard_tests::eventually(Duration::from_secs(30), "deliveries under way", || async {
+        (provider.accepted().len() >= 200).then_some(())
+    })
+    .await;
     let leader = stream_leader(&mut ingest)
         .await
         .expect("INGEST has a leader");
@@ -39,8 +43,8 @@ async fn killing_the_leading_node_of_a_three_node_cluster_loses_nothing() {
     provider
         .wait_for_accepted(usize::try_from(sent).unwrap(), Duration::from_secs(120))
         .await;
-    // Anything still in flight would arrive as a late duplicate.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Once the pipeline is at rest, nothing more can arrive.
+    pipeline.quiescent().await;
     let counted = tally(sent, &provider.received(), started.elapsed().as_secs_f64());
     eprintln!("cluster failover (killed {leader}): {counted:?}");
     assert_eq!(counted.lost, 0, "{counted:?}");

@@ -212,7 +212,7 @@ async fn dead_letters_are_listed_shown_replayed_once_and_purged() {
     let before = provider.received().len();
     let dry = replay(&mut client, all_of("rejected"), true).await;
     assert_eq!((dry.scanned, dry.replayed, dry.failed), (3, 3, 0));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     assert_eq!(provider.received().len(), before);
     assert_eq!(list(&client, "rejected").await, rejected);
 
@@ -285,7 +285,7 @@ routes:
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["replayed"], 2, "{report}");
     provider.wait_for_accepted(6, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
 
     let accepted = provider.accepted();
     let mut ids: Vec<String> = accepted.iter().map(order_id).collect();

@@ -257,7 +257,7 @@ async fn a_delivered_key_is_not_sent_again_when_its_message_comes_back() {
         || async { (pipeline.stream_len("DELIVER").await == 0).then_some(()) },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.quiescent().await;
     assert_eq!(
         provider.received().len(),
         1,

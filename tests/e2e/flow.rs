@@ -97,8 +97,8 @@ async fn every_event_from_http_and_from_nats_reaches_the_provider_exactly_once_m
     provider
         .wait_for_accepted(2000, Duration::from_secs(90))
         .await;
-    // Anything sent twice would arrive within this pause.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once the pipeline is at rest, nothing more can arrive.
+    pipeline.quiescent().await;
     let all: Vec<String> = http_ids.into_iter().chain(nats_ids).collect();
     assert_exactly_once(&provider, &all, &totals);
     assert_eq!(
@@ -145,7 +145,7 @@ async fn a_provider_that_fails_the_first_attempts_still_gets_every_event() {
     provider
         .wait_for_accepted(200, Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     assert_exactly_once(&provider, &ids, &totals);
     let received = provider.received();
     assert_eq!(received.len(), 600, "three attempts per event, no more");
@@ -200,7 +200,7 @@ async fn restarting_the_delivery_service_mid_run_loses_nothing() {
     provider
         .wait_for_accepted(600, Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     assert_exactly_once(&provider, &ids, &totals);
     assert_eq!(
         provider.received().len(),

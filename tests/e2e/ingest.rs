@@ -36,7 +36,7 @@ async fn a_repeated_idempotency_key_answers_with_the_first_event_and_is_delivere
     assert_eq!(other.status(), 202);
 
     provider.wait_for_accepted(2, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     assert_eq!(pipeline.stream_len("INGEST").await, 2);
     let received = provider.received();
     assert_eq!(received.len(), 2);
@@ -180,7 +180,7 @@ async fn a_copy_arriving_after_the_duplicate_window_keeps_its_id_and_is_not_deli
             .then_some(())
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     assert_eq!(
         provider.received().len(),
         1,

@@ -66,7 +66,7 @@ async fn a_standby_takes_over_within_15s_after_the_active_replica_is_killed() {
     provider
         .wait_for_accepted(400, Duration::from_secs(60))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     let received = provider.received();
     let keys = provider.accepted_keys();
     assert_eq!(keys.len(), 400, "every event reached the provider");

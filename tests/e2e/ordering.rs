@@ -55,7 +55,7 @@ async fn same_key_in_order_through_retries_and_other_keys_not_held_up() {
     provider
         .wait_for_accepted(10, Duration::from_secs(30))
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.quiescent().await;
 
     let accepted = provider.accepted();
     let order_of = |customer: &str| -> Vec<String> {

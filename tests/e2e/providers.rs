@@ -105,7 +105,7 @@ async fn a_paused_provider_receives_nothing_until_resumed_and_then_everything_on
     provider
         .wait_for_accepted(26, Duration::from_secs(15))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     let keys = provider.accepted_keys();
     assert_eq!(provider.received().len(), 26, "each event once");
     assert_eq!(keys.len(), 26);

@@ -95,7 +95,7 @@ routes:
         (dry.scanned, dry.published, dry.already_delivered),
         (10, 5, 5)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.quiescent().await;
     assert_eq!(provider.accepted().len(), 5);
 
     // The real replay delivers the five that failed, once, and leaves the rest.
@@ -120,7 +120,7 @@ routes:
     provider
         .wait_for_accepted(10, Duration::from_secs(20))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     let seen = counts(&provider);
     assert_eq!(seen.len(), 10, "{seen:?}");
     assert!(seen.values().all(|n| *n == 1), "nothing doubled: {seen:?}");

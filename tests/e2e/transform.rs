@@ -113,8 +113,8 @@ async fn routes_pin_versions_filter_match_globs_and_fan_out() {
     }
     crm.wait_for_accepted(3, Duration::from_secs(20)).await;
     billing.wait_for_accepted(3, Duration::from_secs(20)).await;
-    // Anything wrongly routed has had time to arrive by now.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once the pipeline is at rest, nothing more can arrive.
+    pipeline.quiescent().await;
     assert_eq!(
         seen(&crm.received(), "id"),
         pairs(&[

@@ -264,7 +264,7 @@ async fn each_providers_signed_webhook_is_delivered_once_even_when_sent_twice() 
     provider
         .wait_for_accepted(webhooks.len(), Duration::from_secs(20))
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     assert_eq!(
         provider.received().len(),
         webhooks.len(),
@@ -466,7 +466,7 @@ async fn api_keys_and_the_sources_rate_limit_guard_the_events_api() {
     assert_eq!(problem["retry_after"], retry_after);
 
     provider.wait_for_accepted(1, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.quiescent().await;
     assert_eq!(
         pipeline.stream_len("INGEST").await,
         1,
@@ -553,7 +553,7 @@ async fn schemas_reject_with_the_failing_paths_or_dead_letter_per_source() {
     assert_eq!(letter.payload.as_ref(), br#"{"no_id":true}"#);
 
     provider.wait_for_accepted(2, Duration::from_secs(20)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    pipeline.quiescent().await;
     assert_eq!(pipeline.stream_len("INGEST").await, 2);
     assert_eq!(provider.received().len(), 2);
 }
@@ -608,7 +608,7 @@ async fn with_nats_down_ingest_answers_503_quickly_and_recovers_by_itself() {
     )
     .await;
     provider.wait_for_accepted(2, Duration::from_secs(30)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    pipeline.quiescent().await;
     let keys: Vec<String> = provider
         .received()
         .iter()

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 pub use pipeline::Pipeline;
 pub use provider::{FakeProvider, Received, Reply};
-use switchyard_core::local_server::LocalNatsServer;
+use switchyard::local_server::LocalNatsServer;
 use tempfile::TempDir;
 
 /// A nats-server with JetStream on a free loopback port and a temporary store, or a

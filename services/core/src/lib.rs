@@ -20,7 +20,6 @@ pub mod headers;
 pub mod http;
 pub mod lease;
 pub mod ledger;
-pub mod local_server;
 pub mod mapping;
 pub mod metrics;
 pub mod nats;

@@ -6,10 +6,10 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use axum::{Router, extract::Request, http::StatusCode};
+use switchyard::local_server::LocalNatsServer;
 use switchyard_core::{
     catalog::{Action, Catalog, CatalogStore},
     config::{LogFormat, SecretsSettings, Settings},
-    local_server::LocalNatsServer,
     nats,
     outbound::Guard,
     shutdown::Shutdown,

@@ -12,7 +12,7 @@ use std::{
 
 use tokio::process::{Child, Command};
 
-use crate::Error;
+use switchyard_core::Error;
 
 /// A running `nats-server` child; killed when dropped.
 pub struct LocalNatsServer {
