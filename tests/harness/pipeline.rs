@@ -225,8 +225,7 @@ impl Pipeline {
             if consumers.iter().any(|info| {
                 info.config.durable_name.is_some()
                     && (info.num_pending > 0 || info.num_ack_pending > 0)
-            })
-            {
+            }) {
                 return false;
             }
         }
