@@ -10,6 +10,7 @@ mod control;
 mod dead_letters;
 mod delivery;
 mod dev;
+mod docs;
 mod edges;
 mod events;
 mod flow;

@@ -294,11 +294,12 @@ fn an_ordering_key_must_compile() {
 
 #[test]
 fn the_readme_catalog_example_is_valid() {
-    let readme = include_str!("../../../../README.md");
+    let readme = include_str!("../../README.md");
     let section = &readme[readme.find("## The catalog").expect("a catalog section")..];
     let start = section.find("```yaml\n").expect("a YAML example") + "```yaml\n".len();
     let example = &section[start..start + section[start..].find("```").unwrap()];
-    let catalog = Catalog::from_yaml(example).unwrap_or_else(|err| panic!("README example: {err}"));
+    let catalog = Catalog::from_yaml(example)
+        .unwrap_or_else(|err| panic!("services/core/README.md example: {err}"));
     assert!(matches!(catalog.providers[0].auth, Some(Auth::Oauth2(_))));
     assert_eq!(
         catalog.routes[0].ordering_key.as_deref(),
