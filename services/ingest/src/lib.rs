@@ -10,8 +10,10 @@
 
 #![forbid(unsafe_code)]
 
+mod observe;
 mod poll;
 mod problem;
+mod publish;
 mod sources;
 mod verify;
 
@@ -20,10 +22,8 @@ use std::{sync::Arc, time::Duration};
 use axum::{
     Json, Router,
     body::Body,
-    extract::MatchedPath,
     extract::{Path, Query, State},
     http::{HeaderMap, StatusCode, header},
-    middleware::Next,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -32,21 +32,20 @@ use serde_json::Value;
 use switchyard_core::{
     catalog::{CatalogStore, OnInvalid, validate_event_type},
     config::Settings,
-    contract::Violation,
-    event, headers,
-    metrics::{self, IngestLabels, SourceLabels},
     nats::{self, Nats},
     outbound::Guard,
-    outcome::FailureCategory,
     secrets::SecretSource,
     shutdown::Shutdown,
-    telemetry, topology,
+    topology,
 };
 use tokio::{net::TcpListener, sync::watch};
-use tracing::Instrument;
 
 pub use crate::problem::Problem;
-use crate::sources::{Lookup, Ready, Sources};
+use crate::{
+    observe::observe_request,
+    publish::{Outgoing, publish},
+    sources::{Lookup, Ready, Sources},
+};
 
 /// Errors that stop the ingest service.
 #[derive(Debug, thiserror::Error)]
@@ -136,94 +135,6 @@ pub struct Accepted {
     /// The event broke its source's schema and was stored in the DLQ, not INGEST.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
-}
-
-/// Traces and counts each request. Its server span follows the OpenTelemetry HTTP
-/// conventions (`POST /v1/events/{source}`) and continues the caller's trace when the
-/// request carries a `traceparent`. A source the catalog does not have is counted as
-/// `unknown`, so made-up names cannot grow the label set.
-async fn observe_request(request: axum::extract::Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_default();
-    let path = request.uri().path().to_owned();
-    let (endpoint, source) = match path.strip_prefix("/v1/events/") {
-        Some(source) => ("events", source),
-        None => (
-            "webhooks",
-            path.strip_prefix("/webhooks/").unwrap_or_default(),
-        ),
-    };
-    let span = server_span(&request, &route, &path, source);
-    headers::set_parent_from_http(&span, request.headers());
-    let source = source.to_owned();
-    let response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    span.record("http.response.status_code", i64::from(status.as_u16()));
-    if status.is_server_error() {
-        telemetry::record_error(&span, status.as_str());
-    }
-    let source = if status == StatusCode::NOT_FOUND {
-        "unknown".to_owned()
-    } else {
-        source
-    };
-    metrics::metrics()
-        .ingest_requests
-        .get_or_create(&IngestLabels {
-            source,
-            endpoint: endpoint.to_owned(),
-            status: status.as_u16().to_string(),
-        })
-        .inc();
-    response
-}
-
-/// The server span of one request, by the OpenTelemetry HTTP conventions.
-fn server_span(
-    request: &axum::extract::Request,
-    route: &str,
-    path: &str,
-    source: &str,
-) -> tracing::Span {
-    let text = |name| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|value| value.to_str().ok())
-    };
-    tracing::info_span!(
-        "receive",
-        otel.name = format!("{} {route}", request.method()),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        http.request.method = %request.method(),
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        url.scheme = "http",
-        url.path = path,
-        server.address = text(header::HOST),
-        user_agent.original = text(header::USER_AGENT),
-        network.protocol.version = protocol_version(request.version()),
-        source = %source,
-        event_type = tracing::field::Empty,
-        event_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-    )
-}
-
-/// `network.protocol.version` of a request: `1.1`, `2`, …
-fn protocol_version(version: axum::http::Version) -> &'static str {
-    match version {
-        axum::http::Version::HTTP_09 => "0.9",
-        axum::http::Version::HTTP_10 => "1.0",
-        axum::http::Version::HTTP_2 => "2",
-        axum::http::Version::HTTP_3 => "3",
-        _ => "1.1",
-    }
 }
 
 async fn accept_event(
@@ -429,115 +340,6 @@ fn is_valid_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= MAX_IDEMPOTENCY_KEY
         && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
-/// An event on its way into INGEST (or, when it broke its schema, the DLQ).
-struct Outgoing<'a> {
-    source: &'a str,
-    event_type: &'a str,
-    key: Option<&'a str>,
-    body: bytes::Bytes,
-    revision: u64,
-    violations: Option<Vec<Violation>>,
-}
-
-/// Publishes the event and waits, at most `timeout`, for JetStream to store it.
-/// Errors say why it was not stored; nothing is accepted without the ack.
-async fn publish(nats: &Nats, timeout: Duration, event: Outgoing<'_>) -> Result<Accepted, String> {
-    let state = nats.client.connection_state();
-    if state != async_nats::connection::State::Connected {
-        return Err(format!(
-            "the event could not be stored: NATS is {state}; retry later"
-        ));
-    }
-    let event_id = match event.key {
-        Some(key) => event::keyed_event_id(event.source, key),
-        None => event::new_event_id(),
-    };
-    let mut message_headers = async_nats::HeaderMap::new();
-    // Scoped by source so two sources using the same key never collide.
-    let message_id = match event.key {
-        Some(key) => format!("{}:{key}", event.source),
-        None => event_id.clone(),
-    };
-    message_headers.insert(headers::NATS_MSG_ID, message_id.as_str());
-    message_headers.insert(headers::EVENT_ID, event_id.as_str());
-    message_headers.insert(headers::RECEIVED_AT, event::now_rfc3339().as_str());
-    message_headers.insert(headers::CONTENT_TYPE, "application/json");
-    message_headers.insert(
-        headers::CATALOG_REVISION,
-        event.revision.to_string().as_str(),
-    );
-    let subject = match &event.violations {
-        None => topology::ingest_subject(event.source, event.event_type),
-        Some(violations) => {
-            message_headers.insert(headers::SOURCE, event.source);
-            message_headers.insert(headers::EVENT_TYPE, event.event_type);
-            message_headers.insert(headers::FAILURE_CATEGORY, FailureCategory::Schema.as_str());
-            let reason = violations
-                .iter()
-                .map(|v| {
-                    format!(
-                        "{}: {}",
-                        if v.path.is_empty() { "/" } else { &v.path },
-                        v.message
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            message_headers.insert(
-                headers::FAILURE_REASON,
-                headers::sanitize_value(&reason).as_str(),
-            );
-            message_headers.insert(headers::ATTEMPTS, "0");
-            topology::source_dlq_subject(event.source)
-        }
-    };
-    let span = telemetry::publish_span(&subject, &mut message_headers, event.body.len());
-    let stored = async {
-        nats.jetstream
-            .publish_with_headers(subject, message_headers, event.body)
-            .await?
-            .await
-    };
-    let ack = match tokio::time::timeout(timeout, stored.instrument(span.clone())).await {
-        Ok(Ok(ack)) => ack,
-        Ok(Err(err)) => {
-            telemetry::record_error(&span, "publish");
-            span.in_scope(|| tracing::warn!(error = %err, "event could not be stored"));
-            return Err(
-                "the event could not be stored durably; it was not accepted, retry later".into(),
-            );
-        }
-        Err(_) => {
-            telemetry::record_error(&span, "timeout");
-            span.in_scope(|| {
-                tracing::warn!(
-                    timeout_ms = timeout.as_millis() as u64,
-                    "storing the event timed out"
-                )
-            });
-            return Err(format!(
-                "the event was not stored within {}ms; it was not accepted, retry later",
-                timeout.as_millis()
-            ));
-        }
-    };
-    if ack.duplicate {
-        span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
-    } else {
-        metrics::metrics()
-            .events_published
-            .get_or_create(&SourceLabels {
-                source: event.source.to_owned(),
-            })
-            .inc();
-    }
-    Ok(Accepted {
-        event_id,
-        duplicate: ack.duplicate,
-        dead_lettered: event.violations.is_some(),
-    })
 }
 
 #[cfg(test)]

@@ -19,7 +19,8 @@ use switchyard_core::{
 };
 
 use crate::{
-    Ingest, Outgoing, is_valid_key, publish,
+    Ingest, is_valid_key,
+    publish::{Outgoing, publish},
     sources::{self, PollSetup, Ready},
 };
 

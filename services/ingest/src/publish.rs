@@ -1,0 +1,130 @@
+//! The one way an event enters INGEST (or, when it broke its source's contract, the
+//! source's dead-letter subject): its headers and message id, then the publish and the
+//! wait for JetStream's ack. Nothing is accepted without the ack.
+
+use std::time::Duration;
+
+use switchyard_core::{
+    contract::Violation,
+    event, headers,
+    metrics::{self, SourceLabels},
+    nats::Nats,
+    outcome::FailureCategory,
+    telemetry, topology,
+};
+use tracing::Instrument;
+
+use crate::Accepted;
+
+/// An event on its way into INGEST (or, when it broke its schema, the DLQ).
+pub(crate) struct Outgoing<'a> {
+    pub(crate) source: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) key: Option<&'a str>,
+    pub(crate) body: bytes::Bytes,
+    pub(crate) revision: u64,
+    pub(crate) violations: Option<Vec<Violation>>,
+}
+
+/// Publishes the event and waits, at most `timeout`, for JetStream to store it.
+/// Errors say why it was not stored; nothing is accepted without the ack.
+pub(crate) async fn publish(
+    nats: &Nats,
+    timeout: Duration,
+    event: Outgoing<'_>,
+) -> Result<Accepted, String> {
+    let state = nats.client.connection_state();
+    if state != async_nats::connection::State::Connected {
+        return Err(format!(
+            "the event could not be stored: NATS is {state}; retry later"
+        ));
+    }
+    let event_id = match event.key {
+        Some(key) => event::keyed_event_id(event.source, key),
+        None => event::new_event_id(),
+    };
+    let mut message_headers = async_nats::HeaderMap::new();
+    // Scoped by source so two sources using the same key never collide.
+    let message_id = match event.key {
+        Some(key) => format!("{}:{key}", event.source),
+        None => event_id.clone(),
+    };
+    message_headers.insert(headers::NATS_MSG_ID, message_id.as_str());
+    message_headers.insert(headers::EVENT_ID, event_id.as_str());
+    message_headers.insert(headers::RECEIVED_AT, event::now_rfc3339().as_str());
+    message_headers.insert(headers::CONTENT_TYPE, "application/json");
+    message_headers.insert(
+        headers::CATALOG_REVISION,
+        event.revision.to_string().as_str(),
+    );
+    let subject = match &event.violations {
+        None => topology::ingest_subject(event.source, event.event_type),
+        Some(violations) => {
+            message_headers.insert(headers::SOURCE, event.source);
+            message_headers.insert(headers::EVENT_TYPE, event.event_type);
+            message_headers.insert(headers::FAILURE_CATEGORY, FailureCategory::Schema.as_str());
+            let reason = violations
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}: {}",
+                        if v.path.is_empty() { "/" } else { &v.path },
+                        v.message
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            message_headers.insert(
+                headers::FAILURE_REASON,
+                headers::sanitize_value(&reason).as_str(),
+            );
+            message_headers.insert(headers::ATTEMPTS, "0");
+            topology::source_dlq_subject(event.source)
+        }
+    };
+    let span = telemetry::publish_span(&subject, &mut message_headers, event.body.len());
+    let stored = async {
+        nats.jetstream
+            .publish_with_headers(subject, message_headers, event.body)
+            .await?
+            .await
+    };
+    let ack = match tokio::time::timeout(timeout, stored.instrument(span.clone())).await {
+        Ok(Ok(ack)) => ack,
+        Ok(Err(err)) => {
+            telemetry::record_error(&span, "publish");
+            span.in_scope(|| tracing::warn!(error = %err, "event could not be stored"));
+            return Err(
+                "the event could not be stored durably; it was not accepted, retry later".into(),
+            );
+        }
+        Err(_) => {
+            telemetry::record_error(&span, "timeout");
+            span.in_scope(|| {
+                tracing::warn!(
+                    timeout_ms = timeout.as_millis() as u64,
+                    "storing the event timed out"
+                )
+            });
+            return Err(format!(
+                "the event was not stored within {}ms; it was not accepted, retry later",
+                timeout.as_millis()
+            ));
+        }
+    };
+    if ack.duplicate {
+        span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
+    } else {
+        metrics::metrics()
+            .events_published
+            .get_or_create(&SourceLabels {
+                source: event.source.to_owned(),
+            })
+            .inc();
+    }
+    Ok(Accepted {
+        event_id,
+        duplicate: ack.duplicate,
+        dead_lettered: event.violations.is_some(),
+    })
+}
