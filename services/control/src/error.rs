@@ -31,6 +31,14 @@ impl ApiError {
     pub fn nats(err: impl Into<switchyard_core::BoxError>) -> Self {
         Self::Core(CoreError::nats(err))
     }
+
+    /// A NATS client error met while doing `context`.
+    pub fn nats_while(
+        context: impl Into<String>,
+        err: impl Into<switchyard_core::BoxError>,
+    ) -> Self {
+        Self::Core(CoreError::nats_while(context, err))
+    }
 }
 
 impl From<ApiError> for Status {

@@ -76,11 +76,11 @@ async fn scan(
     mut wanted: impl FnMut(&jetstream::Message) -> bool,
 ) -> Result<(Vec<Found>, bool), Status> {
     let unavailable =
-        |err: &dyn std::fmt::Display| Status::unavailable(format!("stream {stream}: {err}"));
+        |err: async_nats::Error| ApiError::nats_while(format!("stream {stream}"), err);
     let stream = jetstream
         .get_stream(stream)
         .await
-        .map_err(|err| unavailable(&err))?;
+        .map_err(|err| unavailable(err.into()))?;
     let mut consumer = stream
         .create_consumer(OrderedConfig {
             filter_subject: subject.to_owned(),
@@ -91,17 +91,20 @@ async fn scan(
             ..Default::default()
         })
         .await
-        .map_err(|err| unavailable(&err))?;
+        .map_err(|err| unavailable(err.into()))?;
     if consumer
         .info()
         .await
-        .map_err(|err| unavailable(&err))?
+        .map_err(|err| unavailable(err.into()))?
         .num_pending
         == 0
     {
         return Ok((Vec::new(), true));
     }
-    let mut messages = consumer.messages().await.map_err(|err| unavailable(&err))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|err| unavailable(err.into()))?;
     let deadline = Instant::now() + SCAN_LIMIT;
     let mut found = Vec::new();
     loop {
@@ -109,8 +112,8 @@ async fn scan(
         let Ok(Some(message)) = next else {
             return Ok((found, false));
         };
-        let message = message.map_err(|err| unavailable(&err))?;
-        let info = message.info().map_err(|err| unavailable(&err))?;
+        let message = message.map_err(|err| unavailable(err.into()))?;
+        let info = message.info().map_err(|err| unavailable(err))?;
         let (sequence, pending, published) = (info.stream_sequence, info.pending, info.published);
         if until.is_some_and(|until| published > until) {
             return Ok((found, true));
@@ -137,12 +140,11 @@ async fn owed(
     jetstream: &jetstream::Context,
     event_id: &str,
 ) -> Result<(Vec<Found>, bool), Status> {
-    let unavailable =
-        |err: &dyn std::fmt::Display| Status::unavailable(format!("stream DELIVER: {err}"));
+    let unavailable = |err: async_nats::Error| ApiError::nats_while("stream DELIVER", err);
     let stream = jetstream
         .get_stream_no_info(topology::DELIVER)
         .await
-        .map_err(|err| unavailable(&err))?;
+        .map_err(|err| unavailable(err.into()))?;
     let deadline = Instant::now() + SCAN_LIMIT;
     let mut found = Vec::new();
     let mut sequence = 0;
@@ -158,7 +160,7 @@ async fn owed(
             Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
                 return Ok((found, true));
             }
-            Err(err) => return Err(unavailable(&err)),
+            Err(err) => return Err(unavailable(err.into()).into()),
         };
         if headers::get(Some(&message.headers), headers::EVENT_ID) == Some(event_id) {
             found.push(Found {

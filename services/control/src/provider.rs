@@ -91,18 +91,21 @@ impl ProviderApi {
         provider: &str,
         live: Option<LiveStatus>,
     ) -> Result<ProviderStatus, Status> {
-        let unavailable = |what: &str, err: &dyn std::fmt::Display| {
-            Status::unavailable(format!("{what} of provider {provider}: {err}"))
+        let unavailable = |what: &str, err: async_nats::Error| {
+            Status::from(ApiError::nats_while(
+                format!("{what} of provider {provider}"),
+                err,
+            ))
         };
         let pause = match self.pauses.get(provider).await {
             Ok(value) => value.and_then(|bytes| serde_json::from_slice::<Pause>(&bytes).ok()),
-            Err(err) => return Err(unavailable("the pause", &err)),
+            Err(err) => return Err(unavailable("the pause", err.into())),
         };
         let stored_breaker = match self.breakers.get(provider).await {
             Ok(value) => {
                 value.and_then(|bytes| serde_json::from_slice::<BreakerRecord>(&bytes).ok())
             }
-            Err(err) => return Err(unavailable("the breaker", &err)),
+            Err(err) => return Err(unavailable("the breaker", err.into())),
         };
         let (backlog, in_flight) = match self
             .nats
@@ -117,7 +120,7 @@ impl ProviderApi {
                 let info = consumer
                     .info()
                     .await
-                    .map_err(|err| unavailable("the consumer", &err))?;
+                    .map_err(|err| unavailable("the consumer", err.into()))?;
                 (info.num_pending, info.num_ack_pending as u64)
             }
             // No delivery process has ever run: nothing was handed out yet.
@@ -244,7 +247,7 @@ impl ProviderService for ProviderApi {
         self.pauses
             .put(&request.provider, value.into())
             .await
-            .map_err(|err| Status::unavailable(format!("storing the pause: {err}")))?;
+            .map_err(|err| ApiError::nats_while("storing the pause", err))?;
         tracing::warn!(
             provider = request.provider,
             reason = pause.reason,
@@ -268,7 +271,7 @@ impl ProviderService for ProviderApi {
         self.pauses
             .delete(&provider)
             .await
-            .map_err(|err| Status::unavailable(format!("removing the pause: {err}")))?;
+            .map_err(|err| ApiError::nats_while("removing the pause", err))?;
         tracing::info!(provider, by, "provider resumed");
         let live = self.ask(&provider, Command::Status).await;
         self.status(&provider, live).await.map(Response::new)
@@ -292,7 +295,7 @@ impl ProviderService for ProviderApi {
         self.breakers
             .put(&provider, value.into())
             .await
-            .map_err(|err| Status::unavailable(format!("storing the breaker: {err}")))?;
+            .map_err(|err| ApiError::nats_while("storing the breaker", err))?;
         let live = self.ask(&provider, Command::ResetBreaker).await;
         tracing::info!(provider, by, active = live.is_some(), "breaker reset");
         self.status(&provider, live).await.map(Response::new)

@@ -35,7 +35,6 @@ impl StatsService for StatsApi {
         request: Request<GetStatsRequest>,
     ) -> Result<Response<Stats>, Status> {
         auth::require(&request, Scope::Read, "GetStats")?;
-        let unavailable = |err: &dyn std::fmt::Display| Status::unavailable(err.to_string());
         let mut stats = Stats {
             catalog_revision: self.store.load().await.map_err(ApiError::from)?.revision,
             ..Default::default()
@@ -50,13 +49,8 @@ impl StatsService for StatsApi {
                 .jetstream
                 .get_stream(name)
                 .await
-                .map_err(|err| unavailable(&err))?;
-            let state = stream
-                .info()
-                .await
-                .map_err(|err| unavailable(&err))?
-                .state
-                .clone();
+                .map_err(ApiError::nats)?;
+            let state = stream.info().await.map_err(ApiError::nats)?.state.clone();
             stats.streams.push(StreamStats {
                 name: name.to_owned(),
                 messages: state.messages,
@@ -68,7 +62,7 @@ impl StatsService for StatsApi {
                 .consumers()
                 .try_collect()
                 .await
-                .map_err(|err| unavailable(&err))?;
+                .map_err(ApiError::nats)?;
             for info in consumers {
                 // Ordered consumers of replays and lookups are not worth showing.
                 if info.config.durable_name.is_none() {
