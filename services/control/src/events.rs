@@ -113,7 +113,7 @@ async fn scan(
             return Ok((found, false));
         };
         let message = message.map_err(|err| unavailable(err.into()))?;
-        let info = message.info().map_err(|err| unavailable(err))?;
+        let info = message.info().map_err(&unavailable)?;
         let (sequence, pending, published) = (info.stream_sequence, info.pending, info.published);
         if until.is_some_and(|until| published > until) {
             return Ok((found, true));
