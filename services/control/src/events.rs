@@ -234,9 +234,7 @@ impl EventService for EventApi {
         };
         let (source, event_type) =
             topology::parse_ingest_subject(&record.subject).unwrap_or_default();
-        let received_at = headers::get(record.headers.as_ref(), headers::RECEIVED_AT)
-            .map(str::to_owned)
-            .unwrap_or_else(|| event::rfc3339(record.published));
+        let received_at = event::received_at(record.headers.as_ref(), record.published);
         let since = Some(record.published - Duration::from_secs(1));
 
         let (attempts, outcomes_complete) = scan(

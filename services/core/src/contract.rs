@@ -13,6 +13,23 @@ pub struct Violation {
     pub message: String,
 }
 
+impl Violation {
+    /// The path as people read it: `/` for the document itself.
+    pub fn shown_path(&self) -> &str {
+        if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        }
+    }
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.shown_path(), self.message)
+    }
+}
+
 /// A compiled schema.
 pub struct Contract(jsonschema::Validator);
 

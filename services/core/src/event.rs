@@ -38,6 +38,13 @@ pub fn rfc3339(at: OffsetDateTime) -> String {
     at.format(&Rfc3339).expect("UTC times always format")
 }
 
+/// When ingest accepted an event: its `Switchyard-Received-At` header, or, for an
+/// event a NATS client published directly, when JetStream stored it.
+pub fn received_at(message_headers: Option<&HeaderMap>, published: OffsetDateTime) -> String {
+    crate::headers::get(message_headers, crate::headers::RECEIVED_AT)
+        .map_or_else(|| rfc3339(published), str::to_owned)
+}
+
 /// The id of the event stored in INGEST at `sequence`, published at `published`.
 pub fn event_id(
     message_headers: Option<&HeaderMap>,

@@ -263,12 +263,7 @@ impl fmt::Display for Failure {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            let path = if violation.path.is_empty() {
-                "/"
-            } else {
-                &violation.path
-            };
-            write!(f, "{path}: {}", violation.message)?;
+            write!(f, "{violation}")?;
         }
         Ok(())
     }

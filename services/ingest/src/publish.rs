@@ -65,13 +65,7 @@ pub(crate) async fn publish(
             message_headers.insert(headers::FAILURE_CATEGORY, FailureCategory::Schema.as_str());
             let reason = violations
                 .iter()
-                .map(|v| {
-                    format!(
-                        "{}: {}",
-                        if v.path.is_empty() { "/" } else { &v.path },
-                        v.message
-                    )
-                })
+                .map(Violation::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
             message_headers.insert(

@@ -251,9 +251,7 @@ fn outputs(
         tracing::error!(subject = %message.subject, "not of the form ingest.<source>.<event_type>; nothing can route it");
         return Vec::new();
     };
-    let received_at = headers::get(message.headers.as_ref(), headers::RECEIVED_AT)
-        .map(str::to_owned)
-        .unwrap_or_else(|| event::rfc3339(published));
+    let received_at = event::received_at(message.headers.as_ref(), published);
     let incoming = Incoming {
         source,
         event_type,

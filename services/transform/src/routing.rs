@@ -408,13 +408,7 @@ fn dead_letter(category: FailureCategory, reason: String, violations: &[Violatio
         reason,
         paths: violations
             .iter()
-            .map(|violation| {
-                if violation.path.is_empty() {
-                    "/".to_owned()
-                } else {
-                    violation.path.clone()
-                }
-            })
+            .map(|violation| violation.shown_path().to_owned())
             .collect(),
     }
 }

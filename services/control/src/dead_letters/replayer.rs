@@ -11,8 +11,6 @@
 //! A dead letter is removed only after what replaced it is stored; one that still
 //! fails stays where it is, and the reason is reported.
 
-use std::time::{Duration, Instant};
-
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use switchyard_core::{
@@ -27,12 +25,10 @@ use switchyard_transform::{Incoming, Routing};
 use tokio::sync::mpsc;
 
 use super::queue::{DeadLetter, DeadLetters, Selection};
-use crate::error::ApiError;
+use crate::{error::ApiError, replay::Reporter};
 
 /// Failure reasons reported in full; the rest are only counted.
 const REPORTED_FAILURES: usize = 20;
-/// How often progress is reported.
-const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// How far a dead-letter replay has got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,7 +81,7 @@ impl DeadLetters {
             ..Progress::default()
         };
         tracing::info!(replay_id = %state.replay_id, ?selection, dry_run, "dead-letter replay starting");
-        let mut reported = Instant::now();
+        let mut reporter = Reporter::new(progress);
         while let Some(letter) = selected.next(self).await? {
             state.scanned += 1;
             let outcome = replayer.replay(&letter).await?;
@@ -107,18 +103,12 @@ impl DeadLetters {
                     .await
                     .map_err(ApiError::nats)?;
             }
-            if reported.elapsed() >= REPORT_EVERY {
-                reported = Instant::now();
-                progress
-                    .send(state.clone())
-                    .await
-                    .map_err(|_| ApiError::Cancelled)?;
-            }
+            reporter.tick(&state).await?;
         }
         state.done = true;
         state.total = state.total.max(state.scanned);
         tracing::info!(replay_id = %state.replay_id, replayed = state.replayed, already_delivered = state.already_delivered, failed = state.failed, dry_run, "dead-letter replay done");
-        let _ = progress.send(state.clone()).await;
+        reporter.finish(&state).await;
         Ok(state)
     }
 }
@@ -299,15 +289,8 @@ impl Replayer<'_> {
             let contract = Contract::compile(&rule.schema).map_err(ApiError::Invalid)?;
             if let Err(violations) = contract.check(&body) {
                 let first = violations
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "{}: {}",
-                            if v.path.is_empty() { "/" } else { &v.path },
-                            v.message
-                        )
-                    })
-                    .next()
+                    .first()
+                    .map(ToString::to_string)
                     .unwrap_or_default();
                 return Ok(Replayed::Failed(format!(
                     "still breaks the source's contract: {first}"

@@ -94,6 +94,45 @@ impl ReplayService for ReplayApi {
     }
 }
 
+/// How often a long run reports its progress.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The progress reports of one long run (a replay or a dead-letter replay): at most
+/// one per [`REPORT_EVERY`] while it runs, and its final state at the end.
+pub(crate) struct Reporter<P> {
+    progress: mpsc::Sender<P>,
+    last: std::time::Instant,
+}
+
+impl<P: Clone> Reporter<P> {
+    /// Reports on `progress`.
+    pub(crate) fn new(progress: mpsc::Sender<P>) -> Self {
+        Self {
+            progress,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Reports `state` when the last report is old enough; [`ApiError::Cancelled`]
+    /// when nobody listens any more, which stops the run.
+    pub(crate) async fn tick(&mut self, state: &P) -> Result<(), ApiError> {
+        if self.last.elapsed() < REPORT_EVERY {
+            return Ok(());
+        }
+        self.last = std::time::Instant::now();
+        self.progress
+            .send(state.clone())
+            .await
+            .map_err(|_| ApiError::Cancelled)
+    }
+
+    /// Reports the final state. The caller may already be gone; the run is complete
+    /// all the same.
+    pub(crate) async fn finish(&self, state: &P) {
+        let _ = self.progress.send(state.clone()).await;
+    }
+}
+
 /// Runs `run` in its own task and streams the progress it reports, converted by
 /// `convert`, ending with its error if it fails. When the caller goes away, the run
 /// is dropped and stops.

@@ -10,8 +10,6 @@
 //! an idempotency key of its own. A delivery that never succeeded gets a fresh retry
 //! budget.
 
-use std::time::{Duration, Instant};
-
 use async_nats::jetstream::{
     self,
     consumer::{DeliverPolicy, pull::OrderedConfig},
@@ -29,6 +27,7 @@ use tokio::sync::mpsc;
 
 use switchyard_transform::{Incoming, Routing};
 
+use super::Reporter;
 use crate::error::ApiError;
 
 /// What to replay.
@@ -79,8 +78,6 @@ pub struct Progress {
 
 /// Publish acks awaited at once before reading further.
 const ACK_BATCH: usize = 256;
-/// How often progress is reported.
-const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Runs `request`, sending progress on `progress` as it goes; returns the final
 /// count. Stops with [`ApiError::Cancelled`] when `progress` is closed.
@@ -116,7 +113,7 @@ pub async fn replay(
     };
     tracing::info!(replay_id = %state.replay_id, source, route, ?request, "replay starting");
     if request.from_sequence > end {
-        return finish(state, &progress).await;
+        return finish(state, &Reporter::new(progress)).await;
     }
     let deliver_policy = match (request.from_sequence, request.from_time) {
         (0, None) => DeliverPolicy::All,
@@ -134,12 +131,12 @@ pub async fn replay(
         .map_err(ApiError::nats)?;
     state.total = consumer.info().await.map_err(ApiError::nats)?.num_pending;
     if state.total == 0 {
-        return finish(state, &progress).await;
+        return finish(state, &Reporter::new(progress)).await;
     }
     let ledger = Ledger::open(jetstream).await?;
     let mut messages = consumer.messages().await.map_err(ApiError::nats)?;
     let mut acks: Vec<PublishAckFuture> = Vec::new();
-    let mut reported = Instant::now();
+    let mut reporter = Reporter::new(progress);
     while let Some(message) = messages.next().await {
         let message = message.map_err(ApiError::nats)?;
         let info = message.info().map_err(ApiError::nats)?;
@@ -154,9 +151,7 @@ pub async fn replay(
             continue;
         };
         let event_id = event::event_id(message.headers.as_ref(), sequence, published);
-        let received_at = headers::get(message.headers.as_ref(), headers::RECEIVED_AT)
-            .map(str::to_owned)
-            .unwrap_or_else(|| event::rfc3339(published));
+        let received_at = event::received_at(message.headers.as_ref(), published);
         let incoming = Incoming {
             source,
             event_type,
@@ -202,19 +197,13 @@ pub async fn replay(
         if acks.len() >= ACK_BATCH {
             await_acks(&mut acks).await?;
         }
-        if reported.elapsed() >= REPORT_EVERY {
-            reported = Instant::now();
-            progress
-                .send(state.clone())
-                .await
-                .map_err(|_| ApiError::Cancelled)?;
-        }
+        reporter.tick(&state).await?;
         if pending == 0 || sequence >= end {
             break;
         }
     }
     await_acks(&mut acks).await?;
-    finish(state, &progress).await
+    finish(state, &reporter).await
 }
 
 /// The source to read, after checking the request against the catalog.
@@ -273,10 +262,7 @@ async fn await_acks(acks: &mut Vec<PublishAckFuture>) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn finish(
-    mut state: Progress,
-    progress: &mpsc::Sender<Progress>,
-) -> Result<Progress, ApiError> {
+async fn finish(mut state: Progress, reporter: &Reporter<Progress>) -> Result<Progress, ApiError> {
     state.done = true;
     tracing::info!(
         replay_id = %state.replay_id,
@@ -288,7 +274,6 @@ async fn finish(
         dry_run = state.dry_run,
         "replay done"
     );
-    // The caller may already be gone; the replay itself is complete.
-    let _ = progress.send(state.clone()).await;
+    reporter.finish(&state).await;
     Ok(state)
 }
