@@ -148,7 +148,7 @@ async fn routes_pin_versions_filter_match_globs_and_fan_out() {
         document: document.to_owned(),
         ..Default::default()
     };
-    control
+    let applied = control
         .apply(apply(
             r#"
 mappings:
@@ -164,8 +164,10 @@ routes:
 "#,
         ))
         .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+        .unwrap()
+        .into_inner()
+        .revision;
+    pipeline.catalog_applied(applied).await;
     for (event_type, id) in [("order.created", "after-1"), ("order.updated", "after-3")] {
         let response = pipeline.post("shop", event_type, &event(id, 1), None).await;
         assert_eq!(response.status(), 202);

@@ -192,6 +192,24 @@ impl Pipeline {
         stream.info().await.expect("stream info").state.messages
     }
 
+    /// Waits until ingest admits events under catalog `revision` or later (what an
+    /// apply answered), so the next event is routed with it: transform compiles the
+    /// revision an event was admitted under before routing it.
+    pub async fn catalog_applied(&self, revision: u64) {
+        crate::eventually(
+            Duration::from_secs(10),
+            "ingest on the new catalog",
+            || async {
+                let text = switchyard_core::metrics::encode();
+                let running = text.lines().find_map(|line| {
+                    line.strip_prefix("switchyard_catalog_revision{service=\"ingest\"} ")
+                })?;
+                (running.trim().parse::<u64>().ok()? >= revision).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Waits until the pipeline is at rest: every consumer of INGEST and DELIVER has
     /// nothing pending and nothing unacknowledged (a message NAKed for a retry counts
     /// as unacknowledged), and still so after a short settle. "Nothing more arrives"

@@ -97,6 +97,13 @@ pub struct ConsumerLabels {
     pub consumer: String,
 }
 
+/// A service.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `ingest` or `transform`.
+    pub service: String,
+}
+
 /// An HTTP listener.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
@@ -138,6 +145,8 @@ pub struct Metrics {
     pub dlq_depth: Family<ProviderLabels, Gauge>,
     /// Open connections per HTTP listener.
     pub http_connections: Family<ListenerLabels, Gauge>,
+    /// The catalog revision a service runs.
+    pub catalog_revision: Family<ServiceLabels, Gauge>,
     registry: Registry,
     /// Name, help and type of every family, in registration order.
     descriptors: Vec<(&'static str, &'static str, MetricType)>,
@@ -255,6 +264,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Open connections per HTTP listener",
         Family::<ListenerLabels, Gauge>::default(),
     );
+    let catalog_revision = metrics.add(
+        "catalog_revision",
+        "The catalog revision a service runs",
+        Family::<ServiceLabels, Gauge>::default(),
+    );
     Metrics {
         breaker_state,
         breaker_transitions,
@@ -271,10 +285,21 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         consumer_ack_pending,
         dlq_depth,
         http_connections,
+        catalog_revision,
         registry: metrics.registry,
         descriptors: metrics.descriptors,
     }
 });
+
+/// Records that `service` now runs catalog `revision`.
+pub fn set_catalog_revision(service: &str, revision: u64) {
+    metrics()
+        .catalog_revision
+        .get_or_create(&ServiceLabels {
+            service: service.to_owned(),
+        })
+        .set(i64::try_from(revision).unwrap_or(i64::MAX));
+}
 
 /// The process's metrics.
 pub fn metrics() -> &'static Metrics {

@@ -13,6 +13,7 @@ use switchyard_core::{
     catalog::{Extract, Poll, Snapshot, Source, matches_any},
     contract::{Contract, Violation},
     mapping::Program,
+    metrics,
     outbound::{ClientOptions, Guard},
     ratelimit::Limiter,
     secrets::SecretSource,
@@ -234,6 +235,7 @@ pub fn track(
     if !errors.is_empty() {
         return Err(errors.join("; "));
     }
+    metrics::set_catalog_revision("ingest", sources.revision);
     let (sender, receiver) = watch::channel(Arc::new(sources));
     let shutdown_for_task = shutdown.clone();
     shutdown.spawn("ingest sources", async move {
@@ -252,6 +254,7 @@ pub fn track(
                     "source kept its previous configuration"
                 );
             }
+            metrics::set_catalog_revision("ingest", sources.revision);
             sender.send_replace(Arc::new(sources));
         }
         Ok::<_, std::convert::Infallible>(())

@@ -174,6 +174,7 @@ impl Transform {
         match Routing::build(&snapshot.catalog, snapshot.revision, &self.routing) {
             Ok(routing) => {
                 tracing::info!(revision = snapshot.revision, "routes compiled");
+                switchyard_core::metrics::set_catalog_revision("transform", snapshot.revision);
                 self.routing = Arc::new(routing);
             }
             Err(err) => tracing::error!(
