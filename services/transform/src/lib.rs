@@ -200,7 +200,13 @@ impl Transform {
         let routing = self.routing.clone();
         Some(async move {
             let outputs =
-                span.in_scope(|| outputs(&routing, &message, &event_id, sequence, published));
+                span.in_scope(|| {
+                    outputs(&routing, &message, &event_id, sequence, published, None)
+                        .unwrap_or_else(|| {
+                            tracing::error!(subject = %message.subject, "not of the form ingest.<source>.<event_type>; nothing can route it");
+                            Vec::new()
+                        })
+                });
             Mapped {
                 message,
                 event_id,
@@ -240,18 +246,18 @@ struct Mapped {
     outputs: Vec<Outgoing>,
 }
 
-/// What every route makes of `message`.
-fn outputs(
+/// What every route (or only the route `only`) makes of the INGEST `message`;
+/// `None` when its subject is not `ingest.<source>.<event_type>`. Transform and
+/// control's replays route stored events through this one function.
+pub fn outputs(
     routing: &Routing,
     message: &jetstream::Message,
     event_id: &str,
     sequence: u64,
     published: time::OffsetDateTime,
-) -> Vec<Outgoing> {
-    let Some((source, event_type)) = topology::parse_ingest_subject(&message.subject) else {
-        tracing::error!(subject = %message.subject, "not of the form ingest.<source>.<event_type>; nothing can route it");
-        return Vec::new();
-    };
+    only: Option<&str>,
+) -> Option<Vec<Outgoing>> {
+    let (source, event_type) = topology::parse_ingest_subject(&message.subject)?;
     let received_at = event::received_at(message.headers.as_ref(), published);
     let incoming = Incoming {
         source,
@@ -262,7 +268,7 @@ fn outputs(
         sequence,
         received_at: &received_at,
     };
-    routing.outputs(&incoming, None)
+    Some(routing.outputs(&incoming, only))
 }
 
 /// Publishes one output with its trace context; returns the ack to await. Transform

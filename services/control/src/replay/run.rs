@@ -25,7 +25,7 @@ use switchyard_core::{
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
-use switchyard_transform::{Incoming, Routing};
+use switchyard_transform::Routing;
 
 use super::Reporter;
 use crate::error::ApiError;
@@ -146,22 +146,13 @@ pub async fn replay(
         }
         state.scanned += 1;
         state.last_sequence = sequence;
-        let Some((source, event_type)) = topology::parse_ingest_subject(&message.subject) else {
+        let event_id = event::event_id(message.headers.as_ref(), sequence, published);
+        let Some(outputs) = switchyard_transform::outputs(
+            &routing, &message, &event_id, sequence, published, route,
+        ) else {
             state.not_routed += 1;
             continue;
         };
-        let event_id = event::event_id(message.headers.as_ref(), sequence, published);
-        let received_at = event::received_at(message.headers.as_ref(), published);
-        let incoming = Incoming {
-            source,
-            event_type,
-            headers: message.headers.as_ref(),
-            payload: &message.payload,
-            event_id: &event_id,
-            sequence,
-            received_at: &received_at,
-        };
-        let outputs = routing.outputs(&incoming, route);
         if outputs.is_empty() {
             state.not_routed += 1;
         }
