@@ -80,10 +80,17 @@ impl Limiter {
 
     /// Takes permission for one request now, or says how long to wait first.
     pub fn try_acquire(&self) -> Result<(), Duration> {
-        self.try_acquire_at(Instant::now())
+        self.try_acquire_at(Instant::now(), 1)
     }
 
-    fn try_acquire_at(&self, now: Instant) -> Result<(), Duration> {
+    /// Takes permission for `count` units at once (a batch of events), or says how
+    /// long to wait first. A count larger than the bucket needs a full bucket and
+    /// leaves it in debt, so the average rate still holds.
+    pub fn try_acquire_many(&self, count: u32) -> Result<(), Duration> {
+        self.try_acquire_at(Instant::now(), count.max(1))
+    }
+
+    fn try_acquire_at(&self, now: Instant, count: u32) -> Result<(), Duration> {
         let mut state = self.state.lock().expect("limiter lock");
         if let Some(until) = state.paused_until {
             if until > now {
@@ -102,13 +109,14 @@ impl Limiter {
             let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
             state.tokens = (state.tokens + elapsed * rate).min(burst);
             state.refilled = now;
-            if state.tokens < 1.0 {
-                return Err(Duration::from_secs_f64((1.0 - state.tokens) / rate));
+            let needed = f64::from(count).min(burst);
+            if state.tokens < needed {
+                return Err(Duration::from_secs_f64((needed - state.tokens) / rate));
             }
-            state.tokens -= 1.0;
+            state.tokens -= f64::from(count);
         }
         if let Some((left, _)) = &mut state.budget {
-            *left -= 1;
+            *left = left.saturating_sub(u64::from(count));
         }
         Ok(())
     }
@@ -191,6 +199,21 @@ mod tests {
             elapsed >= Duration::from_millis(999) && elapsed <= Duration::from_millis(1001),
             "{elapsed:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_one_token_per_unit_and_a_large_one_leaves_a_debt() {
+        let limiter = Limiter::new(Some(&limit(10, 20)));
+        assert!(limiter.try_acquire_many(15).is_ok());
+        let wait = limiter.try_acquire_many(10).unwrap_err();
+        assert_eq!(wait, Duration::from_millis(500), "5 left, 5 more at 10/s");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            limiter.try_acquire_many(50).is_ok(),
+            "a full bucket lets it go"
+        );
+        let wait = limiter.try_acquire().unwrap_err();
+        assert_eq!(wait, Duration::from_millis(3100), "30 owed, then 1");
     }
 
     #[tokio::test(start_paused = true)]

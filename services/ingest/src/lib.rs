@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod batch;
 mod observe;
 mod poll;
 mod problem;
@@ -70,6 +71,7 @@ struct Ingest {
     nats: Nats,
     sources: watch::Receiver<Arc<Sources>>,
     max_body_bytes: usize,
+    max_batch_events: usize,
     publish_timeout: Duration,
 }
 
@@ -92,6 +94,7 @@ pub async fn run(
         nats,
         sources,
         max_body_bytes: settings.ingest.max_body_bytes,
+        max_batch_events: settings.ingest.max_batch_events,
         publish_timeout: settings.ingest.publish_timeout,
     });
     poll::start(state.clone(), &settings, &shutdown);
@@ -110,6 +113,7 @@ pub async fn run(
 fn router(state: Arc<Ingest>) -> Router {
     let counted = Router::new()
         .route("/v1/events/{source}", post(accept_event))
+        .route("/v1/events/{source}/batch", post(batch::accept_batch))
         .route("/webhooks/{source}", post(accept_webhook))
         .layer(axum::middleware::from_fn(observe_request));
     Router::new()
@@ -145,12 +149,7 @@ async fn accept_event(
     body: Body,
 ) -> Result<Response, Problem> {
     let (ready, revision) = admit(&state, &source)?;
-    if ready.api_keys.required() {
-        ready
-            .api_keys
-            .check(&request_headers)
-            .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
-    }
+    authorize(&ready, &request_headers)?;
     let event_type = query.event_type.ok_or_else(|| {
         Problem::bad_request("the query parameter `type` (the event type) is required")
     })?;
@@ -221,19 +220,35 @@ async fn accept_webhook(
     store(&state, &ready, revision, &event_type, key, body, &document).await
 }
 
-/// Finds the source and takes one request from its rate limit.
+/// Finds the source and takes one event from its rate limit.
 fn admit(state: &Ingest, source: &str) -> Result<(Arc<Ready>, u64), Problem> {
-    let sources = state.sources.borrow().clone();
-    let ready = match sources.get(source) {
-        Lookup::Ready(ready) => ready,
-        Lookup::Broken(reason) => return Err(Problem::unavailable(reason, 30)),
-        Lookup::Unknown => return Err(Problem::unknown_source(source)),
-    };
+    let (ready, revision) = find(state, source)?;
     ready
         .limiter
         .try_acquire()
         .map_err(|wait| Problem::rate_limited(source, wait))?;
-    Ok((ready, sources.revision))
+    Ok((ready, revision))
+}
+
+/// The source ready to serve, and the catalog revision it is served under.
+fn find(state: &Ingest, source: &str) -> Result<(Arc<Ready>, u64), Problem> {
+    let sources = state.sources.borrow().clone();
+    match sources.get(source) {
+        Lookup::Ready(ready) => Ok((ready, sources.revision)),
+        Lookup::Broken(reason) => Err(Problem::unavailable(reason, 30)),
+        Lookup::Unknown => Err(Problem::unknown_source(source)),
+    }
+}
+
+/// Checks the API key when the source has keys.
+fn authorize(ready: &Ready, request_headers: &HeaderMap) -> Result<(), Problem> {
+    if ready.api_keys.required() {
+        ready
+            .api_keys
+            .check(request_headers)
+            .map_err(|rejection| Problem::unauthorized(rejection.to_string()))?;
+    }
+    Ok(())
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Problem> {
@@ -281,21 +296,29 @@ async fn store(
 }
 
 fn check_content_type(request_headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(value) = request_headers.get(header::CONTENT_TYPE) else {
-        return Ok(());
-    };
-    let text = value.to_str().unwrap_or_default();
+    match media_type(request_headers) {
+        Some((text, media)) if !is_json(&media) => Err(Problem::unsupported_media_type(&text)),
+        _ => Ok(()),
+    }
+}
+
+/// The `Content-Type` as sent and its media type, lowercased without parameters.
+fn media_type(request_headers: &HeaderMap) -> Option<(String, String)> {
+    let text = request_headers
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .unwrap_or_default();
     let media = text
         .split(';')
         .next()
         .unwrap_or_default()
         .trim()
         .to_ascii_lowercase();
-    if media == "application/json" || media.ends_with("+json") {
-        Ok(())
-    } else {
-        Err(Problem::unsupported_media_type(text))
-    }
+    Some((text.to_owned(), media))
+}
+
+fn is_json(media: &str) -> bool {
+    media == "application/json" || media.ends_with("+json")
 }
 
 async fn read_body(

@@ -127,6 +127,19 @@ impl Problem {
         }
     }
 
+    /// 413: a batch holds more events than the limit. The body was read, so the
+    /// connection stays open.
+    pub fn too_many_events(count: usize, limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            "Batch too large",
+            format!(
+                "the batch holds {count} events; at most {limit} are accepted in one request (ingest.max_batch_events)"
+            ),
+        )
+    }
+
     /// 408: the body did not arrive in time; nothing was stored.
     pub fn request_timeout(detail: impl Into<String>) -> Self {
         Self {
@@ -142,11 +155,20 @@ impl Problem {
 
     /// 415: the body is not JSON.
     pub fn unsupported_media_type(content_type: &str) -> Self {
+        Self::unsupported(content_type, "application/json")
+    }
+
+    /// 415: the body is neither JSON nor NDJSON (batches).
+    pub fn unsupported_batch_media_type(content_type: &str) -> Self {
+        Self::unsupported(content_type, "application/json or application/x-ndjson")
+    }
+
+    fn unsupported(content_type: &str, accepted: &str) -> Self {
         Self::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported-media-type",
             "Unsupported media type",
-            format!("content type {content_type:?} is not accepted; send application/json"),
+            format!("content type {content_type:?} is not accepted; send {accepted}"),
         )
     }
 

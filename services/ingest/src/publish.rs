@@ -33,6 +33,23 @@ pub(crate) async fn publish(
     timeout: Duration,
     event: Outgoing<'_>,
 ) -> Result<Accepted, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    send(nats, event).await?.confirm(deadline, timeout).await
+}
+
+/// An event handed to the server, its ack not yet read.
+pub(crate) struct Pending {
+    event_id: String,
+    source: String,
+    dead_lettered: bool,
+    span: tracing::Span,
+    ack: async_nats::jetstream::context::PublishAckFuture,
+}
+
+/// Hands the event to the server without waiting for its ack, so many events can be
+/// in flight at once (a batch); [`Pending::confirm`] reads the ack. Events sent one
+/// after another reach the stream in that order.
+pub(crate) async fn send(nats: &Nats, event: Outgoing<'_>) -> Result<Pending, String> {
     let state = nats.client.connection_state();
     if state != async_nats::connection::State::Connected {
         return Err(format!(
@@ -77,48 +94,70 @@ pub(crate) async fn publish(
         }
     };
     let span = telemetry::publish_span(&subject, &mut message_headers, event.body.len());
-    let stored = async {
-        nats.jetstream
-            .publish_with_headers(subject, message_headers, event.body)
-            .await?
-            .await
-    };
-    let ack = match tokio::time::timeout(timeout, stored.instrument(span.clone())).await {
-        Ok(Ok(ack)) => ack,
-        Ok(Err(err)) => {
-            telemetry::record_error(&span, "publish");
-            span.in_scope(|| tracing::warn!(error = %err, "event could not be stored"));
-            return Err(
-                "the event could not be stored durably; it was not accepted, retry later".into(),
-            );
-        }
-        Err(_) => {
-            telemetry::record_error(&span, "timeout");
-            span.in_scope(|| {
-                tracing::warn!(
-                    timeout_ms = timeout.as_millis() as u64,
-                    "storing the event timed out"
-                )
-            });
-            return Err(format!(
-                "the event was not stored within {}ms; it was not accepted, retry later",
-                timeout.as_millis()
-            ));
-        }
-    };
-    if ack.duplicate {
-        span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
-    } else {
-        metrics::metrics()
-            .events_published
-            .get_or_create(&SourceLabels {
-                source: event.source.to_owned(),
-            })
-            .inc();
+    let sent = nats
+        .jetstream
+        .publish_with_headers(subject, message_headers, event.body)
+        .instrument(span.clone())
+        .await;
+    match sent {
+        Ok(ack) => Ok(Pending {
+            event_id,
+            source: event.source.to_owned(),
+            dead_lettered: event.violations.is_some(),
+            span,
+            ack,
+        }),
+        Err(err) => Err(not_stored(&span, &err)),
     }
-    Ok(Accepted {
-        event_id,
-        duplicate: ack.duplicate,
-        dead_lettered: event.violations.is_some(),
-    })
+}
+
+impl Pending {
+    /// Waits until `deadline` for JetStream to store the event.
+    pub(crate) async fn confirm(
+        self,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Accepted, String> {
+        let span = self.span;
+        let stored =
+            tokio::time::timeout_at(deadline, self.ack.into_future().instrument(span.clone()));
+        let ack = match stored.await {
+            Ok(Ok(ack)) => ack,
+            Ok(Err(err)) => return Err(not_stored(&span, &err)),
+            Err(_) => {
+                telemetry::record_error(&span, "timeout");
+                span.in_scope(|| {
+                    tracing::warn!(
+                        timeout_ms = timeout.as_millis() as u64,
+                        "storing the event timed out"
+                    )
+                });
+                return Err(format!(
+                    "the event was not stored within {}ms; it was not accepted, retry later",
+                    timeout.as_millis()
+                ));
+            }
+        };
+        if ack.duplicate {
+            span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
+        } else {
+            metrics::metrics()
+                .events_published
+                .get_or_create(&SourceLabels {
+                    source: self.source,
+                })
+                .inc();
+        }
+        Ok(Accepted {
+            event_id: self.event_id,
+            duplicate: ack.duplicate,
+            dead_lettered: self.dead_lettered,
+        })
+    }
+}
+
+fn not_stored(span: &tracing::Span, err: &dyn std::fmt::Display) -> String {
+    telemetry::record_error(span, "publish");
+    span.in_scope(|| tracing::warn!(error = %err, "event could not be stored"));
+    "the event could not be stored durably; it was not accepted, retry later".into()
 }

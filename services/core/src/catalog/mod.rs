@@ -7,6 +7,7 @@
 //! published under `name@version`.
 
 mod apply;
+mod batch;
 mod policy;
 mod source;
 mod store;
@@ -16,6 +17,7 @@ mod webhook;
 use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 pub use apply::{Action, Change};
+pub use batch::{Batch, BatchFormat, ByteSize, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_WAIT};
 pub use policy::{
     Auth, Backoff, BreakerPolicy, ClientTls, Delay, OAuth2, RateLimit, RetryPolicy,
     STANDARD_WEBHOOKS_SCHEDULE, SecretName, StatusMatch,
@@ -83,6 +85,19 @@ pub struct Provider {
     /// When to stop calling a failing provider for a while.
     #[serde(default)]
     pub breaker: BreakerPolicy,
+    /// Send many events per request; each is still delivered, retried and recorded
+    /// on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+    /// VRL over the array of the members' bodies (`.`) that leaves the request body in
+    /// `.`, for APIs that want an envelope. Needs `batch` (not ndjson).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_program: Option<String>,
+    /// VRL over the response (`.status`, `.headers`, `.body`) that returns one status
+    /// per member, in member order: a number, or `{"status": N, "reason": "…"}`.
+    /// Needs `batch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_results: Option<String>,
 }
 
 /// HTTP methods a delivery can use.

@@ -444,3 +444,49 @@ fn deleting_names_what_still_refers_to_the_resource() {
         .unwrap();
     assert!(fewer.mappings.is_empty());
 }
+
+#[test]
+fn batch_settings_are_checked_at_apply_naming_the_field() {
+    let with = |extra: &str| {
+        CATALOG.replace(
+            "    url: http://127.0.0.1:9000/hooks\n",
+            &format!("    url: http://127.0.0.1:9000/hooks\n{extra}"),
+        )
+    };
+    let batched = with(
+        "    batch: { max_events: 50, max_bytes: 256KiB, max_wait: 200ms, format: { wrap: records } }\n    batch_results: |\n      map_values(array!(.body.results)) -> |r| { r.status }\n",
+    );
+    let catalog = Catalog::from_yaml(&batched).unwrap();
+    let batch = catalog.providers[0].batch.as_ref().unwrap();
+    assert_eq!(batch.max_events, 50);
+    assert_eq!(batch.max_bytes, ByteSize(256 << 10));
+    assert_eq!(batch.format, BatchFormat::Wrap("records".into()));
+    let paths = |yaml: &str| -> Vec<String> {
+        Catalog::from_yaml(yaml)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|error| error.path)
+            .collect()
+    };
+    assert_eq!(
+        paths(&with(
+            "    batch: { max_events: 0, max_bytes: 10, max_wait: 0s }\n"
+        )),
+        [
+            "providers[0].batch.max_events",
+            "providers[0].batch.max_bytes",
+            "providers[0].batch.max_wait"
+        ]
+    );
+    assert_eq!(
+        paths(&with("    batch_program: '. = {\"records\": .}'\n")),
+        ["providers[0].batch_program"]
+    );
+    assert_eq!(
+        paths(&with(
+            "    batch: { format: ndjson }\n    batch_program: '. = {\"records\": .}'\n    batch_results: 'upcase('\n"
+        )),
+        ["providers[0].batch_program", "providers[0].batch_results"]
+    );
+}

@@ -159,6 +159,61 @@ fn validate_provider(provider: &Provider, at: &str, fail: &mut impl FnMut(String
         tls.validate(&format!("{at}.tls"), fail);
     }
     validate_policies(provider, at, fail);
+    validate_batch(provider, at, fail);
+}
+
+fn validate_batch(provider: &Provider, at: &str, fail: &mut impl FnMut(String, String)) {
+    let Some(batch) = &provider.batch else {
+        for (field, set) in [
+            ("batch_program", provider.batch_program.is_some()),
+            ("batch_results", provider.batch_results.is_some()),
+        ] {
+            if set {
+                fail(
+                    format!("{at}.{field}"),
+                    "needs `batch` (the provider sends one event per request)".into(),
+                );
+            }
+        }
+        return;
+    };
+    if !(1..=super::MAX_BATCH_EVENTS).contains(&batch.max_events) {
+        fail(
+            format!("{at}.batch.max_events"),
+            format!("must be 1-{}", super::MAX_BATCH_EVENTS),
+        );
+    }
+    if !(1024..=super::MAX_BATCH_BYTES).contains(&batch.max_bytes.0) {
+        fail(
+            format!("{at}.batch.max_bytes"),
+            format!("must be 1KiB-{}", super::ByteSize(super::MAX_BATCH_BYTES)),
+        );
+    }
+    if batch.max_wait.is_zero() || batch.max_wait > super::MAX_BATCH_WAIT {
+        fail(
+            format!("{at}.batch.max_wait"),
+            format!(
+                "must be longer than 0s and at most {}s",
+                super::MAX_BATCH_WAIT.as_secs()
+            ),
+        );
+    }
+    if provider.batch_program.is_some() && batch.format == super::BatchFormat::Ndjson {
+        fail(
+            format!("{at}.batch_program"),
+            "builds one JSON body, so it cannot be used with format ndjson; use json_array".into(),
+        );
+    }
+    for (field, program) in [
+        ("batch_program", &provider.batch_program),
+        ("batch_results", &provider.batch_results),
+    ] {
+        if let Some(program) = program
+            && let Err(err) = mapping::Program::compile(program)
+        {
+            fail(format!("{at}.{field}"), err.to_string());
+        }
+    }
 }
 
 fn validate_policies(provider: &Provider, at: &str, fail: &mut impl FnMut(String, String)) {

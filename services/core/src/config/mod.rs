@@ -130,6 +130,11 @@ impl Settings {
                 "must be positive",
             ),
             (
+                (1..=100_000).contains(&self.ingest.max_batch_events),
+                "ingest.max_batch_events",
+                "must be 1-100000",
+            ),
+            (
                 !self.ingest.publish_timeout.is_zero(),
                 "ingest.publish_timeout",
                 "must be longer than 0s",

@@ -256,6 +256,8 @@ pub struct IngestSettings {
     pub http: HttpLimits,
     /// Largest accepted request body in bytes; larger bodies get 413.
     pub max_body_bytes: usize,
+    /// Most events in one `POST /v1/events/{source}/batch` (within `max_body_bytes`).
+    pub max_batch_events: usize,
     /// Longest wait for JetStream to store an event before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -414,6 +416,7 @@ impl Default for IngestSettings {
             listen: (LOOPBACK, 8080).into(),
             http: HttpLimits::default(),
             max_body_bytes: 1 << 20,
+            max_batch_events: 1_000,
             publish_timeout: Duration::from_secs(5),
             poll_lease_ttl: Duration::from_secs(10),
         }
