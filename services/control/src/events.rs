@@ -304,6 +304,7 @@ impl EventService for EventApi {
                 latency_ms: attempt.latency_ms,
                 category: attempt.category.to_string(),
                 reason: attempt.reason.clone().unwrap_or_default(),
+                batch: attempt.batch.clone().unwrap_or_default(),
             });
         }
         for (found, state) in dead

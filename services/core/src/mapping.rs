@@ -101,6 +101,36 @@ impl Program {
             .map(|done| done.map(|(_, target)| target))
     }
 
+    /// Runs the program on a JSON document, with `metadata` readable as `%field`, and
+    /// returns the final `.`; an abort is an error with its message.
+    pub fn apply_json(
+        &self,
+        input: serde_json::Value,
+        metadata: serde_json::Value,
+    ) -> Result<serde_json::Value, RunError> {
+        let done = self
+            .execute_with(Value::from(input), Value::from(metadata))
+            .map(|done| done.map(|(_, target)| target))?;
+        match done {
+            Ok(output) => Ok(to_json(&output)),
+            Err(reason) => Err(RunError::Failed(format!(
+                "the program aborted: {}",
+                reason.as_deref().unwrap_or("no reason given")
+            ))),
+        }
+    }
+
+    /// Evaluates the program as an expression over a JSON document and returns its
+    /// value as JSON (null when it yields null or aborts).
+    pub fn evaluate_to_json(
+        &self,
+        input: serde_json::Value,
+    ) -> Result<serde_json::Value, RunError> {
+        Ok(self
+            .evaluate(&Event::from_json(input))?
+            .map_or(serde_json::Value::Null, |value| to_json(&value)))
+    }
+
     /// Evaluates the program as an expression over a JSON body and returns its value
     /// (used for ordering keys): `None` when it yields null or aborts.
     pub fn evaluate_json(&self, body: &[u8]) -> Result<Option<Value>, RunError> {
@@ -118,9 +148,17 @@ impl Program {
 
     /// Runs the program: the value of its last expression and the final `.`.
     fn execute(&self, input: Value) -> Result<Result<(Value, Value), Option<String>>, RunError> {
+        self.execute_with(input, Value::Object(Default::default()))
+    }
+
+    fn execute_with(
+        &self,
+        input: Value,
+        metadata: Value,
+    ) -> Result<Result<(Value, Value), Option<String>>, RunError> {
         let mut target = TargetValue {
             value: input,
-            metadata: Value::Object(Default::default()),
+            metadata,
             secrets: Secrets::default(),
         };
         let mut steps = 0u64;

@@ -125,6 +125,10 @@ pub struct Metrics {
     pub delivery_duration: HistogramFamily<ProviderLabels>,
     /// Failed attempts that will be retried, per provider.
     pub retries: Family<ProviderLabels, Counter>,
+    /// Events per batch request, per provider.
+    pub batch_events: HistogramFamily<ProviderLabels>,
+    /// Time from a batch's first event joining it to the batch being sent.
+    pub batch_fill: HistogramFamily<ProviderLabels>,
     /// Seconds deliveries waited for the rate limit or a provider's `Retry-After`.
     pub rate_limit_wait: Family<ProviderLabels, Counter<f64, AtomicU64>>,
     /// Unix time of the last successful delivery per provider and route (freshness).
@@ -155,6 +159,11 @@ pub struct Metrics {
 fn mapping_histogram() -> Histogram {
     // 5 µs to about 80 ms.
     Histogram::new(exponential_buckets(0.000_005, 2.0, 15))
+}
+
+fn batch_size_histogram() -> Histogram {
+    // 1 to 8,192 events.
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
 }
 
 fn latency_histogram() -> Histogram {
@@ -213,6 +222,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "retries",
         "Failed delivery attempts that will be retried, per provider",
         Family::<ProviderLabels, Counter>::default(),
+    );
+    let batch_events: HistogramFamily<ProviderLabels> = metrics.add(
+        "delivery_batch_events",
+        "Events per batch request, per provider",
+        Family::new_with_constructor(batch_size_histogram),
+    );
+    let batch_fill: HistogramFamily<ProviderLabels> = metrics.add(
+        "delivery_batch_fill_seconds",
+        "Time from a batch's first event joining it to the batch being sent",
+        Family::new_with_constructor(latency_histogram),
     );
     let rate_limit_wait = metrics.add(
         "rate_limit_wait_seconds",
@@ -275,6 +294,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         deliveries,
         delivery_duration,
         retries,
+        batch_events,
+        batch_fill,
         rate_limit_wait,
         last_success,
         ingest_requests,

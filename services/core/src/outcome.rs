@@ -244,6 +244,9 @@ pub struct Attempt {
     pub error: Option<ErrorKind>,
     /// Why it did not succeed.
     pub reason: Option<String>,
+    /// The batch request that carried it, when the provider takes batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 /// A breaker transition.
@@ -321,6 +324,7 @@ mod tests {
                 category: Outcome::Retry,
                 error: Some(ErrorKind::Http5xx),
                 reason: Some("HTTP 503".into()),
+                batch: None,
             }),
         };
         let wire = json!({

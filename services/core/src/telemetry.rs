@@ -121,6 +121,14 @@ pub fn record_trace_id(span: &Span) {
     }
 }
 
+/// Links `span` to `to`'s trace (a batch request to each member's event), so the
+/// request shows in every member's trace and each member's from the request.
+pub fn link(span: &Span, to: &Span) {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    span.add_link(to.context().span().span_context().clone());
+}
+
 // Numbers on spans are recorded as i64: the OpenTelemetry layer exports a u64 as text.
 
 /// The producer span of publishing one message to `subject`, named and attributed by

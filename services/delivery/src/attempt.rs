@@ -20,11 +20,12 @@ use switchyard_core::{
     shutdown::Shutdown,
     telemetry, topology,
 };
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 use tracing::Instrument;
 
 use crate::{
     ACK_WAIT, HAND_BACK, HELD_RETRY, PACING_STEP, SETTLE_RETRY, Shared,
+    batch::Member,
     breaker::Permit,
     ordering::Turn,
     sender::{Answer, Verdict, classify},
@@ -36,6 +37,21 @@ pub(crate) struct Delivery {
     pub(crate) shared: Arc<Shared>,
     pub(crate) target: Arc<Target>,
     pub(crate) active: Shutdown,
+    /// Where a message joins a batch, when the provider takes batches.
+    pub(crate) batches: Option<mpsc::Sender<Member>>,
+}
+
+/// One HTTP request to the provider: a single message or a batch.
+pub(crate) struct Request {
+    pub(crate) body: bytes::Bytes,
+    /// Sent as `Idempotency-Key` and signed with the body.
+    pub(crate) idempotency_key: String,
+    /// Content type and Switchyard metadata.
+    pub(crate) headers: reqwest::header::HeaderMap,
+    /// The request's client span.
+    pub(crate) span: tracing::Span,
+    /// Bytes of the response body to keep (for per-item batch results).
+    pub(crate) keep_body: Option<usize>,
 }
 
 /// A message owed to the provider, with what identifies it and its ledger record.
@@ -52,7 +68,8 @@ pub(crate) struct Owed<'a> {
 }
 
 /// Why a message left without a counted attempt.
-enum Deferral {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deferral {
     /// Hand it back (shutdown or lease loss).
     HandBack,
     /// Try again after this long.
@@ -119,7 +136,12 @@ impl Delivery {
                 ledger_key,
                 record,
             };
-            self.attempt(owed).await;
+            match &self.batches {
+                Some(batches) if self.target.provider.batch.is_some() => {
+                    self.join_batch(owed, batches).await;
+                }
+                _ => self.attempt(owed).await,
+            }
         };
         keep_alive(&message, work.instrument(span)).await;
     }
@@ -149,23 +171,25 @@ impl Delivery {
         }
     }
 
-    /// Makes one counted attempt (two when a cached token is refused) and settles it.
+    /// Makes one counted attempt and settles it.
     async fn attempt(&self, owed: Owed<'_>) {
         let probe = match self.pace().await {
             Ok(probe) => probe,
-            Err(Deferral::HandBack) => {
-                return settle(owed.message, AckKind::Nak(Some(HAND_BACK))).await;
-            }
-            Err(Deferral::After(delay)) => {
-                return settle(owed.message, AckKind::Nak(Some(delay))).await;
-            }
+            Err(deferral) => return deferral.settle(owed.message).await,
         };
         let attempt = owed.record.attempts + 1;
-        let (mut answer, credentials) = self.send(&owed, attempt).await;
+        let (verdict, answer) = self.call(&self.request(&owed, attempt), probe).await;
+        self.settle(owed, verdict, answer, None).await;
+    }
+
+    /// Sends one request (twice when a cached token is refused), applies the
+    /// provider's rate-limit headers and counts the result on the breaker.
+    pub(crate) async fn call(&self, request: &Request, probe: bool) -> (Verdict, Answer) {
+        let (mut answer, credentials) = self.send(request).await;
         let mut verdict = classify(&answer, &self.target.provider.retry);
         if verdict == Verdict::Unauthorized && self.target.auth.unauthorized(&credentials).await {
             tracing::info!("401 with a cached token; retrying once with a fresh one");
-            (answer, _) = self.send(&owed, attempt).await;
+            (answer, _) = self.send(request).await;
             verdict = classify(&answer, &self.target.provider.retry);
         }
         if let Some((remaining, reset)) = answer.budget {
@@ -182,12 +206,12 @@ impl Delivery {
         if let Some((transition, cool_down)) = transition {
             self.shared.breaker_changed(transition, cool_down).await;
         }
-        self.settle(owed, verdict, answer).await;
+        (verdict, answer)
     }
 
     /// Waits until the pace and the breaker let a request go; `Ok(true)` when it is
     /// the breaker's probe.
-    async fn pace(&self) -> Result<bool, Deferral> {
+    pub(crate) async fn pace(&self) -> Result<bool, Deferral> {
         loop {
             if self.active.is_shutting_down() {
                 return Err(Deferral::HandBack);
@@ -228,26 +252,20 @@ impl Delivery {
         }
     }
 
-    /// Sends the message once with its metadata, trace context and credentials;
-    /// returns the answer and the credentials used.
-    async fn send(&self, owed: &Owed<'_>, attempt: u32) -> (Answer, reqwest::header::HeaderMap) {
-        let message = owed.message;
-        let message_headers = message.headers.as_ref();
-        let mut extra = reqwest::header::HeaderMap::new();
-        let mut put = |name: &str, value: &str| {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
-                extra.insert(name, value);
-            }
-        };
+    /// The request of attempt number `attempt` of one message, with its metadata.
+    fn request(&self, owed: &Owed<'_>, attempt: u32) -> Request {
+        let message_headers = owed.message.headers.as_ref();
+        let mut request_headers = reqwest::header::HeaderMap::new();
         put(
+            &mut request_headers,
             "content-type",
             headers::get(message_headers, headers::CONTENT_TYPE).unwrap_or("application/json"),
         );
-        put("idempotency-key", owed.idempotency_key);
-        put("switchyard-attempt", &attempt.to_string());
+        put(
+            &mut request_headers,
+            "switchyard-attempt",
+            &attempt.to_string(),
+        );
         for name in [
             headers::EVENT_ID,
             headers::SOURCE,
@@ -256,22 +274,36 @@ impl Delivery {
             headers::MAPPING,
         ] {
             if let Some(value) = headers::get(message_headers, name) {
-                put(name, value);
+                put(&mut request_headers, name, value);
             }
         }
-        let span = self.target.sender.span(attempt - 1);
+        Request {
+            body: owed.message.payload.clone(),
+            idempotency_key: owed.idempotency_key.to_owned(),
+            headers: request_headers,
+            span: self.target.sender.span(attempt - 1, None),
+            keep_body: None,
+        }
+    }
+
+    /// Sends the request once with its trace context and credentials; returns the
+    /// answer and the credentials used.
+    async fn send(&self, request: &Request) -> (Answer, reqwest::header::HeaderMap) {
+        let mut extra = request.headers.clone();
+        put(&mut extra, "idempotency-key", &request.idempotency_key);
+        let span = &request.span;
         let mut trace = HeaderMap::new();
-        headers::inject_span(&span, &mut trace);
+        headers::inject_span(span, &mut trace);
         for name in ["traceparent", "tracestate"] {
             if let Some(value) = headers::get(Some(&trace), name) {
-                put(name, value);
+                put(&mut extra, name, value);
             }
         }
         let sent = async {
             let credentials = match self
                 .target
                 .auth
-                .headers(owed.idempotency_key, &message.payload)
+                .headers(&request.idempotency_key, &request.body)
                 .await
             {
                 Ok(credentials) => credentials,
@@ -288,13 +320,38 @@ impl Delivery {
                 }
             };
             extra.extend(credentials.clone());
-            let body = message.payload.clone();
-            (self.target.sender.send(body, extra).await, credentials)
+            let answer = self
+                .target
+                .sender
+                .send(request.body.clone(), extra, request.keep_body)
+                .await;
+            (answer, credentials)
         }
         .instrument(span.clone())
         .await;
-        sent.0.trace(&span);
+        sent.0.trace(span);
         sent
+    }
+}
+
+impl Deferral {
+    /// Puts the message back without counting an attempt.
+    pub(crate) async fn settle(self, message: &jetstream::Message) {
+        let delay = match self {
+            Self::HandBack => HAND_BACK,
+            Self::After(delay) => delay,
+        };
+        settle(message, AckKind::Nak(Some(delay))).await;
+    }
+}
+
+/// Sets a request header, skipping a name or value HTTP cannot carry.
+pub(crate) fn put(map: &mut reqwest::header::HeaderMap, name: &str, value: &str) {
+    if let (Ok(name), Ok(value)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        map.insert(name, value);
     }
 }
 

@@ -8,13 +8,21 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use switchyard_core::{
     catalog::Snapshot, consumer::Subscription, headers, shutdown::Shutdown, topology,
 };
-use tokio::{sync::watch, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+    time::Instant,
+};
 
 use crate::{
     ACK_WAIT, Error, MAX_ACK_PENDING, PACING_STEP, Shared,
     attempt::Delivery,
+    batch,
     target::{Target, Targets, refresh},
 };
+
+/// Most messages asked for in one pull request.
+const MAX_PULL: usize = 500;
 
 /// Pulls and delivers while `active` lasts.
 pub(crate) async fn deliver(
@@ -40,12 +48,14 @@ pub(crate) async fn deliver(
         &shared.nats.jetstream,
         topology::DELIVER,
         config,
-        target.provider.max_in_flight,
+        capacity(target).min(MAX_PULL),
         active,
     )
     .await?;
     tracing::info!(provider, url = %target.provider.url, "delivery consuming DELIVER");
 
+    let (batches, members) = mpsc::channel(MAX_PULL);
+    let assembler = tokio::spawn(batch::assemble(shared.clone(), active.clone(), members));
     let mut tasks = JoinSet::new();
     loop {
         if catalog.has_changed().unwrap_or(false)
@@ -61,7 +71,7 @@ pub(crate) async fn deliver(
                 .set_policy(updated.provider.breaker.clone());
             *target = updated;
         }
-        let max_in_flight = target.provider.max_in_flight;
+        let max_in_flight = capacity(target);
         if tasks.len() >= max_in_flight {
             tasks.join_next().await;
             continue;
@@ -106,11 +116,27 @@ pub(crate) async fn deliver(
             shared: shared.clone(),
             target: target.clone(),
             active: active.clone(),
+            batches: Some(batches.clone()),
         };
         tasks.spawn(async move { delivery.handle(message, turn).await });
     }
     tracing::info!(provider, in_flight = tasks.len(), "delivery draining");
     while tasks.join_next().await.is_some() {}
+    drop(batches);
+    if let Err(err) = assembler.await {
+        tracing::error!(provider, error = %err, "the batch assembler failed");
+    }
     subscription.close().await;
     Ok(())
+}
+
+/// Messages worked on at once: the requests in flight, times the events each
+/// carries when the provider takes batches.
+fn capacity(target: &Target) -> usize {
+    let provider = &target.provider;
+    let per_request = provider.batch.as_ref().map_or(1, |batch| batch.max_events);
+    provider
+        .max_in_flight
+        .saturating_mul(per_request)
+        .min(MAX_ACK_PENDING as usize)
 }

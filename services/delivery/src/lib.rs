@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod attempt;
+mod batch;
 pub mod breaker;
 mod breaker_store;
 mod consume;

@@ -45,6 +45,10 @@ pub struct Answer {
     pub location: Option<String>,
     /// Time from sending to the answer (or failure).
     pub latency: Duration,
+    /// The response body, when the request asked to keep it (batch results).
+    pub body: Option<bytes::Bytes>,
+    /// What the provider said about this one event of a batch.
+    pub detail: Option<String>,
 }
 
 impl Answer {
@@ -130,7 +134,12 @@ impl Answer {
             .as_ref()
             .map(|to| format!(" (redirect to {to}; update the provider URL)"))
             .unwrap_or_default();
-        Some(format!("HTTP {status}{location}"))
+        let detail = self
+            .detail
+            .as_ref()
+            .map(|detail| format!(": {detail}"))
+            .unwrap_or_default();
+        Some(format!("HTTP {status}{location}{detail}"))
     }
 }
 
@@ -200,9 +209,17 @@ impl Sender {
     }
 
     /// The client span of one request, by the OpenTelemetry HTTP conventions (named
-    /// after the method); `resends` counts the delivery's earlier attempts.
-    pub fn span(&self, resends: u32) -> tracing::Span {
+    /// after the method); `resends` counts the delivery's earlier attempts, `batch`
+    /// the events of a batch request. A batch request starts a trace of its own,
+    /// linked to each member's.
+    pub fn span(&self, resends: u32, batch: Option<usize>) -> tracing::Span {
+        let parent = if batch.is_some() {
+            None
+        } else {
+            tracing::Span::current().id()
+        };
         tracing::info_span!(
+            parent: parent,
             "send",
             otel.name = self.method.as_str(),
             otel.kind = "client",
@@ -214,11 +231,18 @@ impl Sender {
             url.full = self.url_shown,
             server.address = self.url.host_str(),
             server.port = self.url.port_or_known_default().map(i64::from),
+            messaging.batch.message_count = batch.map(|count| count as i64),
         )
     }
 
-    /// Sends `body` with `extra` headers (metadata, trace context, authentication).
-    pub async fn send(&self, body: bytes::Bytes, extra: HeaderMap) -> Answer {
+    /// Sends `body` with `extra` headers (metadata, trace context, authentication);
+    /// with `keep_body`, up to that many bytes of the response body are kept.
+    pub async fn send(
+        &self,
+        body: bytes::Bytes,
+        extra: HeaderMap,
+        keep_body: Option<usize>,
+    ) -> Answer {
         let request = self
             .client
             .request(self.method.clone(), self.url.clone())
@@ -242,8 +266,19 @@ impl Sender {
                     .get(header::LOCATION)
                     .and_then(|value| value.to_str().ok())
                     .map(str::to_owned);
-                if !response.status().is_success() {
-                    answer.excerpt = excerpt(response).await;
+                let success = response.status().is_success();
+                match keep_body {
+                    Some(limit) => {
+                        let kept = read_up_to(response, limit).await;
+                        if !success {
+                            answer.excerpt = excerpt_of(&kept);
+                        }
+                        answer.body = Some(kept.into());
+                    }
+                    None if !success => {
+                        answer.excerpt = excerpt_of(&read_up_to(response, RESPONSE_EXCERPT).await);
+                    }
+                    None => {}
                 }
             }
             Err(err) => answer.failure = Some(Failure::of(&err)),
@@ -290,17 +325,23 @@ pub fn rate_limit_budget(found: &HeaderMap) -> Option<(u64, Duration)> {
     Some((remaining, Duration::from_secs(reset)))
 }
 
-/// The start of the response body, cut to a bounded length.
-async fn excerpt(mut response: reqwest::Response) -> String {
+/// The response body, or its first `limit` bytes.
+async fn read_up_to(mut response: reqwest::Response, limit: usize) -> Vec<u8> {
     let mut bytes = Vec::new();
-    while bytes.len() < RESPONSE_EXCERPT {
+    while bytes.len() < limit {
         match response.chunk().await {
             Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
             _ => break,
         }
     }
-    bytes.truncate(RESPONSE_EXCERPT);
-    headers::sanitize_value(&String::from_utf8_lossy(&bytes))
+    bytes.truncate(limit);
+    bytes
+}
+
+/// The start of a response body as one bounded line.
+fn excerpt_of(body: &[u8]) -> String {
+    let start = &body[..body.len().min(RESPONSE_EXCERPT)];
+    headers::sanitize_value(&String::from_utf8_lossy(start))
 }
 
 #[cfg(test)]

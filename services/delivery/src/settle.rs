@@ -30,8 +30,15 @@ pub(crate) fn outcome(verdict: Verdict, attempt: u32, allowed: u32) -> Outcome {
 }
 
 impl Delivery {
-    /// Counts, records and settles one attempt's answer.
-    pub(crate) async fn settle(&self, mut owed: Owed<'_>, verdict: Verdict, answer: Answer) {
+    /// Counts, records and settles one attempt's answer; `batch` names the batch
+    /// request that carried it.
+    pub(crate) async fn settle(
+        &self,
+        mut owed: Owed<'_>,
+        verdict: Verdict,
+        answer: Answer,
+        batch: Option<&str>,
+    ) {
         let policy = &self.target.provider.retry;
         let attempt = owed.record.attempts + 1;
         owed.record.last_status = answer.status;
@@ -47,6 +54,7 @@ impl Delivery {
             category: outcome,
             error: Some(answer.error_kind()).filter(|kind| *kind != ErrorKind::None),
             reason: reason.clone(),
+            batch: batch.map(str::to_owned),
         });
         match outcome {
             Outcome::Delivered => {

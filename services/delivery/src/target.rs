@@ -6,6 +6,7 @@ use std::{sync::Arc, time::Duration};
 use switchyard_core::{
     auth::Authenticator,
     catalog::{Provider, Snapshot},
+    mapping::Program,
     outbound::{ClientOptions, Guard},
     secrets::SecretSource,
     shutdown::Shutdown,
@@ -19,6 +20,10 @@ pub(crate) struct Target {
     pub(crate) provider: Provider,
     pub(crate) sender: Sender,
     pub(crate) auth: Authenticator,
+    /// `batch_program`, compiled.
+    pub(crate) batch_program: Option<Program>,
+    /// `batch_results`, compiled.
+    pub(crate) batch_results: Option<Program>,
 }
 
 /// What a provider's [`Target`] is built from: the secrets it names and the guard
@@ -47,7 +52,19 @@ impl Targets {
             tls: provider.tls.as_ref(),
             secrets: &self.secrets,
         })?;
+        let compile = |field: &str, program: &Option<String>| {
+            program
+                .as_deref()
+                .map(Program::compile)
+                .transpose()
+                .map_err(|err| Error::Provider {
+                    provider: provider.name.clone(),
+                    reason: format!("{field}: {err}"),
+                })
+        };
         Ok(Target {
+            batch_program: compile("batch_program", &provider.batch_program)?,
+            batch_results: compile("batch_results", &provider.batch_results)?,
             provider: provider.clone(),
             auth: Authenticator::new(&owner, provider.auth.as_ref(), &self.secrets, &client)?,
             sender: Sender::new(provider, &self.secrets, client)?,
