@@ -66,7 +66,7 @@ enum Reply {
     /// The request was made; this is the member's share of the answer.
     Answered {
         verdict: Verdict,
-        answer: Answer,
+        answer: Box<Answer>,
         batch: String,
     },
     /// No request was made (shutdown, pause, open breaker).
@@ -94,7 +94,7 @@ impl Delivery {
                 verdict,
                 answer,
                 batch,
-            }) => self.settle(owed, verdict, answer, Some(&batch)).await,
+            }) => self.settle(owed, verdict, *answer, Some(&batch)).await,
             Ok(Reply::Deferred(deferral)) => deferral.settle(owed.message).await,
             Err(_) => Deferral::HandBack.settle(owed.message).await,
         }
@@ -300,7 +300,7 @@ async fn send(delivery: Delivery, members: Vec<Member>, probe: bool) {
                 let verdict = classify(&item, &provider.retry);
                 let _ = member.reply.send(Reply::Answered {
                     verdict,
-                    answer: item,
+                    answer: Box::new(item),
                     batch: batch.clone(),
                 });
             }
@@ -331,7 +331,7 @@ fn reply_all(members: Vec<Member>, verdict: Verdict, answer: &Answer, batch: &st
     for member in members {
         let _ = member.reply.send(Reply::Answered {
             verdict,
-            answer: answer.clone(),
+            answer: Box::new(answer.clone()),
             batch: batch.to_owned(),
         });
     }

@@ -186,7 +186,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match UNITS
             .iter()
-            .find(|(_, factor)| self.0 >= *factor && self.0 % factor == 0)
+            .find(|(_, factor)| self.0 >= *factor && self.0.is_multiple_of(*factor))
         {
             Some((unit, factor)) if *factor > 1 => write!(f, "{}{unit}", self.0 / factor),
             _ => write!(f, "{}", self.0),
