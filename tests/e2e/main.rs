@@ -3,6 +3,7 @@
 
 mod access;
 mod auth;
+mod batches;
 mod chaos;
 mod chart;
 mod cluster;
