@@ -93,7 +93,7 @@ pub struct Provider {
     /// `.`, for APIs that want an envelope. Needs `batch` (not ndjson).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_program: Option<String>,
-    /// VRL over the response (`.status`, `.headers`, `.body`) that returns one status
+    /// VRL over the response (`.status`, `.body`) that returns one status
     /// per member, in member order: a number, or `{"status": N, "reason": "…"}`.
     /// Needs `batch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
