@@ -215,12 +215,16 @@ async fn start_sink() -> anyhow::Result<(SocketAddr, Arc<Sink>)> {
                 let at = Instant::now();
                 sink.requests.fetch_add(1, Ordering::Relaxed);
                 let value: Value = serde_json::from_slice(&body).unwrap_or_default();
-                if let Some(id) = value["external_id"].as_str() {
-                    sink.first
-                        .lock()
-                        .expect("sink")
-                        .entry(id.to_owned())
-                        .or_insert(at);
+                // One event, or a batch of them.
+                let events = match &value {
+                    Value::Array(items) => items.iter().collect(),
+                    single => vec![single],
+                };
+                let mut first = sink.first.lock().expect("sink");
+                for event in events {
+                    if let Some(id) = event["external_id"].as_str() {
+                        first.entry(id.to_owned()).or_insert(at);
+                    }
                 }
                 axum::http::StatusCode::OK
             }
@@ -235,6 +239,11 @@ async fn start_sink() -> anyhow::Result<(SocketAddr, Arc<Sink>)> {
 /// The benchmarks' catalog: `order.*` events of source `shop` through the 20-field
 /// workload mapping to provider `sink` at `url`.
 pub fn catalog(url: &str) -> String {
+    catalog_with(url, "")
+}
+
+/// [`catalog`] with more settings of the provider (indented by four spaces).
+fn catalog_with(url: &str, provider: &str) -> String {
     let program = workload::PROGRAM.replace('\n', "\n      ");
     format!(
         r#"
@@ -243,7 +252,7 @@ sources:
 providers:
   - name: sink
     url: {url}
-    max_in_flight: 256
+    max_in_flight: 256{provider}
 mappings:
   - name: order
     version: 1
@@ -268,8 +277,13 @@ struct Stack {
 
 impl Stack {
     async fn start(names: &[&'static str]) -> anyhow::Result<Self> {
+        Self::start_with(names, "").await
+    }
+
+    /// Like [`Stack::start`], with more settings of the sink provider.
+    async fn start_with(names: &[&'static str], provider: &str) -> anyhow::Result<Self> {
         let (sink_address, sink) = start_sink().await?;
-        let catalog = catalog(&format!("http://{sink_address}/orders"));
+        let catalog = catalog_with(&format!("http://{sink_address}/orders"), provider);
         let processes = Processes::start(&catalog, names).await?;
         let stack = Self {
             ingest: format!("{}/v1/events/shop?type=order.created", processes.ingest_url),
@@ -475,6 +489,93 @@ pub async fn ingest_only(events: u64) -> anyhow::Result<(f64, Value)> {
     post_closed_loop(&stack.ingest, 0, events).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     Ok((rate, stack.report(&before, events)))
+}
+
+/// Events per batch of the batch ingest measurement: 500 of the ~1 KiB workload
+/// events fit the default 1 MiB body limit.
+const INGEST_BATCH: u64 = 500;
+/// Batch requests in flight at once.
+const BATCH_CONCURRENCY: usize = 4;
+
+/// Posts `events` events (from `first`) in batches of [`INGEST_BATCH`] from
+/// [`BATCH_CONCURRENCY`] clients; every item must be stored.
+async fn post_batches(ingest_url: &str, first: u64, events: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let url = format!("{ingest_url}/v1/events/shop/batch");
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..BATCH_CONCURRENCY {
+        let (client, next, url) = (client.clone(), next.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let start = next.fetch_add(INGEST_BATCH, Ordering::Relaxed);
+                if start >= events {
+                    return anyhow::Ok(());
+                }
+                let end = (start + INGEST_BATCH).min(events);
+                let mut lines = Vec::new();
+                for i in start..end {
+                    lines.extend_from_slice(br#"{"type":"order.created","data":"#);
+                    lines.extend_from_slice(&body(first + i));
+                    lines.extend_from_slice(b"}\n");
+                }
+                let answer = client
+                    .post(&url)
+                    .header("content-type", "application/x-ndjson")
+                    .body(lines)
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    answer.status() == 200,
+                    "ingest answered {}",
+                    answer.status()
+                );
+                let answer: Value = answer.json().await?;
+                let results = answer["results"].as_array().context("results")?;
+                anyhow::ensure!(
+                    results.len() as u64 == end - start
+                        && results.iter().all(|r| r["event_id"].is_string()),
+                    "not every item was stored: {answer}"
+                );
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Batch ingest alone: events per second posted in batches, every one stored.
+pub async fn batch_ingest_only(events: u64) -> anyhow::Result<(f64, Value)> {
+    let stack = Stack::start(&["ingest"]).await?;
+    let before = stack.cpu();
+    let started = Instant::now();
+    post_batches(&stack.processes.ingest_url, 0, events).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, stack.report(&before, events)))
+}
+
+/// Batch delivery: events per second through the whole pipeline to a sink that takes
+/// `requests_per_second` requests of up to `max_events` events; the events enter by
+/// batch ingest. Returns the rate and the requests the sink received.
+pub async fn batch_delivery(
+    events: u64,
+    requests_per_second: u32,
+    max_events: u32,
+) -> anyhow::Result<(f64, u64)> {
+    let provider = format!(
+        "
+    rate_limit: {{ requests: {requests_per_second}, per: 1s, burst: {requests_per_second} }}
+    batch: {{ max_events: {max_events}, max_wait: 500ms }}"
+    );
+    let stack = Stack::start_with(&["ingest", "transform", "delivery"], &provider).await?;
+    let before = stack.sink.requests.load(Ordering::Relaxed);
+    let started = Instant::now();
+    post_batches(&stack.processes.ingest_url, 0, events).await?;
+    stack.delivered(usize::try_from(events)?).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, stack.sink.requests.load(Ordering::Relaxed) - before))
 }
 
 /// The whole pipeline at its highest rate, then at `fixed_rate` for `fixed_events`.

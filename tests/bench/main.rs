@@ -12,13 +12,15 @@
 //!   (`cargo bench --bench mapping`), read from its estimates when present.
 //! - **End to end** ([`e2e`]): HTTP ingest → transform → delivery → a local HTTP sink,
 //!   each service a release-built process, against the raw acked publish rate and a
-//!   raw 3-hop relay; ingest alone; latency at a fixed 1,000 events/s; peak RSS and CPU
-//!   per event of each service.
+//!   raw 3-hop relay; ingest alone, one event per request and in batches of 500;
+//!   batch delivery at a fixed provider request limit; latency at a fixed 1,000
+//!   events/s; peak RSS and CPU per event of each service.
 //!
 //! Each rate is the best of two runs. Prints a table and writes `target/bench/bench.json`.
 //!
 //! `switchyard-bench soak` is `make soak` (see [`soak`]); `switchyard-bench ingest`
-//! measures only ingest and the HTTP floor, for work on ingest.
+//! measures only ingest and the HTTP floor, for work on ingest; `switchyard-bench
+//! batch` only the batch measurements.
 
 mod e2e;
 
@@ -39,6 +41,10 @@ const TRANSFORM_TO_RELAY: f64 = 0.8;
 const MAPPING_TARGET_US: f64 = 20.0;
 const END_TO_END_TO_THREE_HOPS: f64 = 0.4;
 const INGEST_TO_PUBLISH: f64 = 0.6;
+const BATCH_INGEST_TO_PUBLISH: f64 = 0.6;
+/// The provider request limit and batch size of the batch delivery measurement.
+const BATCH_REQUESTS_PER_SECOND: u32 = 20;
+const BATCH_EVENTS: u32 = 100;
 const P99_TARGET_MS: f64 = 10.0;
 const RSS_TARGET_MIB: f64 = 50.0;
 const SOAK_GROWTH: f64 = 0.1;
@@ -71,6 +77,22 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "ingest {ingest:.0}/s, HTTP floor {floor:.0}/s ({:.0}%); {services}",
                 ingest / floor * 100.0
+            );
+            return Ok(());
+        }
+        // Batch ingest and batch delivery against raw publish, for work on batches.
+        Some("batch") => {
+            let events = std::env::var("BENCH_EVENTS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(EVENTS);
+            let publish = e2e::raw_publish(events).await?;
+            let (ingest, services) = e2e::batch_ingest_only(events).await?;
+            let (delivery, requests) =
+                e2e::batch_delivery(events, BATCH_REQUESTS_PER_SECOND, BATCH_EVENTS).await?;
+            println!(
+                "raw publish {publish:.0}/s; batch ingest {ingest:.0}/s ({:.0}%), {services}; batch delivery {delivery:.0}/s in {requests} requests at {BATCH_REQUESTS_PER_SECOND} requests/s",
+                ingest / publish * 100.0
             );
             return Ok(());
         }
@@ -113,6 +135,12 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let (ingest_rate, ingest_services) =
         best_of_two("ingest alone", || e2e::ingest_only(events)).await?;
+    let (batch_ingest_rate, batch_ingest_services) =
+        best_of_two("batch ingest alone", || e2e::batch_ingest_only(events)).await?;
+    let (batch_delivery_rate, batch_requests) = best_of_two("batch delivery", || {
+        e2e::batch_delivery(events, BATCH_REQUESTS_PER_SECOND, BATCH_EVENTS)
+    })
+    .await?;
     let (e2e_rate, end_to_end) = best_of_two("end to end", || async {
         let report = e2e::end_to_end(events, FIXED_RATE, FIXED_RATE * FIXED_SECONDS).await?;
         Ok((
@@ -158,6 +186,18 @@ async fn main() -> anyhow::Result<()> {
         "  HTTP floor            {floor_rate:>9.0} events/s  (a server that answers 202 and does nothing; ingest = {:.0}% of it)",
         ingest_rate / floor_rate * 100.0
     );
+    let batch_ingest_ratio = batch_ingest_rate / publish_rate;
+    println!(
+        "  batch ingest alone    {batch_ingest_rate:>9.0} events/s  = {:.0}% of raw publish, batches of 500 (target ≥ {:.0}%: {})",
+        batch_ingest_ratio * 100.0,
+        BATCH_INGEST_TO_PUBLISH * 100.0,
+        verdict(batch_ingest_ratio >= BATCH_INGEST_TO_PUBLISH)
+    );
+    let ceiling = f64::from(BATCH_REQUESTS_PER_SECOND * BATCH_EVENTS);
+    println!(
+        "  batch delivery        {batch_delivery_rate:>9.0} events/s  to a sink taking {BATCH_REQUESTS_PER_SECOND} requests/s of {BATCH_EVENTS} = {:.0}% of its {ceiling:.0}/s ceiling ({batch_requests} requests)",
+        batch_delivery_rate / ceiling * 100.0,
+    );
     let e2e_ratio = e2e_rate / hops_rate;
     println!(
         "  end to end, max       {e2e_rate:>9.0} events/s  = {:.0}% of the 3-hop relay (target ≥ {:.0}%: {})",
@@ -193,6 +233,13 @@ async fn main() -> anyhow::Result<()> {
         0,
         ("ingest alone".into(), ingest_services["ingest"].clone()),
     );
+    services.insert(
+        1,
+        (
+            "batch ingest alone".into(),
+            batch_ingest_services["ingest"].clone(),
+        ),
+    );
     for (name, service) in &services {
         let rss = service["peak_rss_mib"].as_f64().unwrap_or(f64::MAX);
         println!(
@@ -224,11 +271,21 @@ async fn main() -> anyhow::Result<()> {
             "ingest_to_publish_ratio": ingest_ratio,
             "http_floor_events_per_second": floor_rate,
             "ingest_services": ingest_services,
+            "batch_ingest_events_per_second": batch_ingest_rate,
+            "batch_ingest_to_publish_ratio": batch_ingest_ratio,
+            "batch_ingest_services": batch_ingest_services,
+            "batch_delivery": {
+                "events_per_second": batch_delivery_rate,
+                "provider_requests_per_second": BATCH_REQUESTS_PER_SECOND,
+                "max_events": BATCH_EVENTS,
+                "requests": batch_requests,
+            },
             "end_to_end_to_three_hops_ratio": e2e_ratio,
             "pipeline": end_to_end,
             "targets": {
                 "end_to_end_to_three_hops_ratio": END_TO_END_TO_THREE_HOPS,
                 "ingest_to_publish_ratio": INGEST_TO_PUBLISH,
+                "batch_ingest_to_publish_ratio": BATCH_INGEST_TO_PUBLISH,
                 "p99_ms_at_fixed_rate": P99_TARGET_MS,
                 "peak_rss_mib": RSS_TARGET_MIB,
             },

@@ -392,3 +392,76 @@ async fn one_event_is_one_trace_across_ingest_transform_and_delivery_processes()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_request_has_one_client_span_linked_to_each_members_trace() {
+    let (receiver, otlp) = Receiver::start().await;
+    let provider = FakeProvider::start().await;
+    let nats = TestNats::start().await.unwrap();
+    let settings = Pipeline::settings(nats.url());
+    let policies = "
+    batch: { max_events: 3, max_wait: 5s }";
+    Pipeline::prepare(
+        &settings,
+        &crate::catalog_with(provider.url(), policies, ""),
+    )
+    .await
+    .unwrap();
+    let services = start_services(&settings, otlp).await;
+
+    // Three events, each in its caller's own trace, make one batch of three.
+    let traces = [
+        "4bf92f3577b34da6a3ce929d0e0e4701",
+        "4bf92f3577b34da6a3ce929d0e0e4702",
+        "4bf92f3577b34da6a3ce929d0e0e4703",
+    ];
+    for (i, trace) in traces.iter().enumerate() {
+        let answer = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/events/shop?type=order.created",
+                services.ingest_url
+            ))
+            .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+            .json(&order(&format!("bt-{i}"), 1))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 202);
+    }
+    provider.wait_for_accepted(1, Duration::from_secs(30)).await;
+    assert_eq!(provider.received().len(), 1, "one request for the batch");
+
+    let request = eventually(
+        Duration::from_secs(20),
+        "the batch's client span",
+        || async {
+            receiver.spans().into_iter().find_map(|(service, span)| {
+                (service == "switchyard-delivery" && span.name == "POST").then_some(span)
+            })
+        },
+    )
+    .await;
+    assert_eq!(request.kind, SpanKind::Client as i32);
+    assert_eq!(
+        number(&request.attributes, "messaging.batch.message_count"),
+        Some(3)
+    );
+    let mut linked: Vec<String> = request
+        .links
+        .iter()
+        .map(|link| hex::encode(&link.trace_id))
+        .collect();
+    linked.sort();
+    assert_eq!(linked, traces, "a link to each member's trace");
+    assert!(
+        !traces.contains(&hex::encode(&request.trace_id).as_str()),
+        "the batch request is a trace of its own"
+    );
+    let posts = receiver
+        .spans()
+        .iter()
+        .filter(|(service, span)| service == "switchyard-delivery" && span.name == "POST")
+        .count();
+    assert_eq!(posts, 1, "one client span per batch request");
+    services.log_lines().await;
+}

@@ -19,7 +19,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use switchyard_core::{
     catalog::{OnInvalid, validate_event_type},
     contract::Violation,
@@ -36,15 +36,16 @@ use crate::{
 /// One item of a batch as sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Item {
+struct Item<'a> {
     /// The event type, e.g. `order.created`.
     #[serde(rename = "type")]
     event_type: String,
     /// Optional; a repeated key is answered as a duplicate.
     #[serde(default)]
     idempotency_key: Option<String>,
-    /// The event's body.
-    data: Value,
+    /// The event's body, as sent (a slice of the request body).
+    #[serde(borrow)]
+    data: &'a RawValue,
 }
 
 /// The answer to a batch.
@@ -137,7 +138,7 @@ pub(crate) async fn accept_batch(
     let deadline = tokio::time::Instant::now() + state.publish_timeout;
     let mut sent: Vec<Result<Pending, ItemResult>> = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let outgoing = match item.and_then(|item| check(&ready, item)) {
+        let outgoing = match item.and_then(|item| check(&ready, &body, item)) {
             Ok(outgoing) => outgoing,
             Err(problem) => {
                 sent.push(Err(ItemResult::failed(index, problem)));
@@ -180,45 +181,65 @@ struct Checked {
 }
 
 /// Checks one item as a single event would be checked.
-fn check(ready: &Ready, item: Item) -> Result<Checked, Problem> {
+fn check(ready: &Ready, body: &bytes::Bytes, item: Item<'_>) -> Result<Checked, Problem> {
     validate_event_type(&item.event_type)
         .map_err(|err| Problem::bad_request(format!("type: {err}")))?;
     let key = idempotency_key(item.idempotency_key.as_deref(), "idempotency_key")?;
-    let violations = match ready.check(&item.event_type, &item.data) {
+    // Parsed only when a schema needs it; the body is stored as sent.
+    let checked = match ready.has_schema(&item.event_type) {
+        false => Ok(()),
+        true => {
+            let document: Value =
+                serde_json::from_str(item.data.get()).expect("the item parsed as JSON");
+            ready.check(&item.event_type, &document)
+        }
+    };
+    let violations = match checked {
         Ok(()) => None,
         Err(violations) if ready.config.on_invalid == OnInvalid::Reject => {
             return Err(Problem::invalid(&item.event_type, violations));
         }
         Err(violations) => Some(violations),
     };
-    let body = serde_json::to_vec(&item.data).expect("JSON values serialize");
     Ok(Checked {
+        body: body.slice_ref(item.data.get().as_bytes()),
         event_type: item.event_type,
         key,
-        body: body.into(),
         violations,
     })
 }
 
 /// The items of the body, each parsed or with why it could not be. A body that is
 /// not a batch at all is a fault of the whole request.
-fn parse(body: &[u8], format: Format) -> Result<Vec<Result<Item, Problem>>, Problem> {
-    let item = |value: Value| {
-        serde_json::from_value::<Item>(value).map_err(|err| Problem::bad_request(err.to_string()))
+fn parse(body: &[u8], format: Format) -> Result<Vec<Result<Item<'_>, Problem>>, Problem> {
+    let item = |text, line: Option<usize>| {
+        serde_json::from_str::<Item>(text).map_err(|err| {
+            Problem::bad_request(match line {
+                Some(line) if err.is_syntax() || err.is_eof() => {
+                    format!("line {line} is not valid JSON: {err}")
+                }
+                _ => err.to_string(),
+            })
+        })
     };
     let items: Vec<_> = match format {
         Format::Json => {
             #[derive(Deserialize)]
             #[serde(deny_unknown_fields)]
-            struct Envelope {
-                events: Vec<Value>,
+            struct Envelope<'a> {
+                #[serde(borrow)]
+                events: Vec<&'a RawValue>,
             }
             let envelope: Envelope = serde_json::from_slice(body).map_err(|err| {
                 Problem::bad_request(format!(
                     "the body is not a batch ({{\"events\": [...]}}): {err}"
                 ))
             })?;
-            envelope.events.into_iter().map(item).collect()
+            envelope
+                .events
+                .into_iter()
+                .map(|raw| item(raw.get(), None))
+                .collect()
         }
         Format::Ndjson => {
             let text = std::str::from_utf8(body)
@@ -226,16 +247,7 @@ fn parse(body: &[u8], format: Format) -> Result<Vec<Result<Item, Problem>>, Prob
             text.lines()
                 .enumerate()
                 .filter(|(_, line)| !line.trim().is_empty())
-                .map(|(number, line)| {
-                    serde_json::from_str(line)
-                        .map_err(|err| {
-                            Problem::bad_request(format!(
-                                "line {} is not valid JSON: {err}",
-                                number + 1
-                            ))
-                        })
-                        .and_then(item)
-                })
+                .map(|(number, line)| item(line, Some(number + 1)))
                 .collect()
         }
     };

@@ -127,6 +127,13 @@ impl Ready {
         })
     }
 
+    /// Whether any schema applies to `event_type`.
+    pub fn has_schema(&self, event_type: &str) -> bool {
+        self.contracts
+            .iter()
+            .any(|(patterns, _)| matches_any(patterns, event_type))
+    }
+
     /// Checks `body` against every schema for `event_type`.
     pub fn check(&self, event_type: &str, body: &Value) -> Result<(), Vec<Violation>> {
         let violations: Vec<Violation> = self
