@@ -48,10 +48,14 @@ async fn every_service_counts_what_it_does_and_the_readme_names_every_metric() {
     }
     provider.wait_for_accepted(1, Duration::from_secs(15)).await;
 
+    // The provider counts a request before delivery has read its answer.
     let text = eventually(Duration::from_secs(10), "the backlog gauges", || async {
         let text = switchyard_core::metrics::encode();
-        text.contains("switchyard_consumer_pending{stream=\"INGEST\",consumer=\"transform\"}")
-            .then_some(text)
+        (text.contains("switchyard_consumer_pending{stream=\"INGEST\",consumer=\"transform\"}")
+            && text.contains(
+                "switchyard_deliveries_total{provider=\"crm\",outcome=\"delivered\",error=\"none\"}",
+            ))
+        .then_some(text)
     })
     .await;
     let at_least = |series: &str, floor: f64| {
