@@ -153,7 +153,8 @@ pub(crate) async fn accept_batch(
             revision,
             violations: outgoing.violations,
         };
-        sent.push(send(&state.nats, event).await.map_err(|reason| {
+        let sent_item = send(&state.nats, event, deadline, state.publish_timeout).await;
+        sent.push(sent_item.map_err(|reason| {
             ItemResult::failed(index, Problem::unavailable(reason, RETRY_AFTER_SECS))
         }));
     }

@@ -34,7 +34,10 @@ pub(crate) async fn publish(
     event: Outgoing<'_>,
 ) -> Result<Accepted, String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    send(nats, event).await?.confirm(deadline, timeout).await
+    send(nats, event, deadline, timeout)
+        .await?
+        .confirm(deadline, timeout)
+        .await
 }
 
 /// An event handed to the server, its ack not yet read.
@@ -48,8 +51,14 @@ pub(crate) struct Pending {
 
 /// Hands the event to the server without waiting for its ack, so many events can be
 /// in flight at once (a batch); [`Pending::confirm`] reads the ack. Events sent one
-/// after another reach the stream in that order.
-pub(crate) async fn send(nats: &Nats, event: Outgoing<'_>) -> Result<Pending, String> {
+/// after another reach the stream in that order. Handing over waits at most until
+/// `deadline` (the client's buffer is full while NATS is away).
+pub(crate) async fn send(
+    nats: &Nats,
+    event: Outgoing<'_>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Pending, String> {
     let state = nats.client.connection_state();
     if state != async_nats::connection::State::Connected {
         return Err(format!(
@@ -97,17 +106,17 @@ pub(crate) async fn send(nats: &Nats, event: Outgoing<'_>) -> Result<Pending, St
     let sent = nats
         .jetstream
         .publish_with_headers(subject, message_headers, event.body)
-        .instrument(span.clone())
-        .await;
-    match sent {
-        Ok(ack) => Ok(Pending {
+        .instrument(span.clone());
+    match tokio::time::timeout_at(deadline, sent).await {
+        Err(_) => Err(timed_out(&span, timeout)),
+        Ok(Err(err)) => Err(not_stored(&span, &err)),
+        Ok(Ok(ack)) => Ok(Pending {
             event_id,
             source: event.source.to_owned(),
             dead_lettered: event.violations.is_some(),
             span,
             ack,
         }),
-        Err(err) => Err(not_stored(&span, &err)),
     }
 }
 
@@ -124,19 +133,7 @@ impl Pending {
         let ack = match stored.await {
             Ok(Ok(ack)) => ack,
             Ok(Err(err)) => return Err(not_stored(&span, &err)),
-            Err(_) => {
-                telemetry::record_error(&span, "timeout");
-                span.in_scope(|| {
-                    tracing::warn!(
-                        timeout_ms = timeout.as_millis() as u64,
-                        "storing the event timed out"
-                    )
-                });
-                return Err(format!(
-                    "the event was not stored within {}ms; it was not accepted, retry later",
-                    timeout.as_millis()
-                ));
-            }
+            Err(_) => return Err(timed_out(&span, timeout)),
         };
         if ack.duplicate {
             span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
@@ -154,6 +151,20 @@ impl Pending {
             dead_lettered: self.dead_lettered,
         })
     }
+}
+
+fn timed_out(span: &tracing::Span, timeout: Duration) -> String {
+    telemetry::record_error(span, "timeout");
+    span.in_scope(|| {
+        tracing::warn!(
+            timeout_ms = timeout.as_millis() as u64,
+            "storing the event timed out"
+        )
+    });
+    format!(
+        "the event was not stored within {}ms; it was not accepted, retry later",
+        timeout.as_millis()
+    )
 }
 
 fn not_stored(span: &tracing::Span, err: &dyn std::fmt::Display) -> String {
