@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use switchyard_core::outcome::Outcome;
 use switchyard_tests::{FakeProvider, Pipeline, Received, Reply, eventually, processes::Processes};
 
-use crate::{catalog_with, order, publish_orders};
+use crate::{assert_paced, catalog_with, order, publish_events, publish_orders};
 
 /// The order ids a batch request carried, in body order (`[{"order": …}, …]`, or
 /// `[[{"order": …}, key], …]` when the batch program adds each member's key).
@@ -76,23 +76,16 @@ async fn ten_thousand_events_fit_under_five_requests_a_second_in_batches_of_100(
     assert_each_once(&seen, 10_000);
     let received = provider.received();
     let arrivals: Vec<Instant> = received.iter().map(|r| r.at).collect();
-    for window in [
-        Duration::from_secs(1),
-        Duration::from_secs(2),
-        Duration::from_secs(5),
-    ] {
-        for (i, start) in arrivals.iter().enumerate() {
-            let within = arrivals[i..]
-                .iter()
-                .take_while(|at| **at < *start + window)
-                .count();
-            let limit = (5.0 * window.as_secs_f64()).floor() as usize + 5;
-            assert!(
-                within <= limit,
-                "{within} requests within {window:?} (limit {limit})"
-            );
-        }
-    }
+    assert_paced(
+        &arrivals,
+        5.0,
+        5,
+        &[
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        ],
+    );
     let first = &received[0];
     assert_eq!(first.header("content-type"), Some("application/json"));
     assert_eq!(
@@ -259,30 +252,15 @@ async fn same_key_events_keep_their_order_within_and_across_batches() {
     let pipeline = Pipeline::start(&catalog_with(provider.url(), policies, route))
         .await
         .unwrap();
-    let mut acks = Vec::new();
-    for i in 0..30 {
-        for customer in 0..10 {
+    let events = (0..30).flat_map(|i| {
+        (0..10).map(move |customer| {
             let id = format!("c{customer}-{i:02}");
             let mut body = order(&id, i);
             body["customer"] = json!(customer);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("shop:{id}").as_str());
-            acks.push(
-                pipeline
-                    .jetstream
-                    .publish_with_headers(
-                        "ingest.shop.order.created",
-                        headers,
-                        serde_json::to_vec(&body).unwrap().into(),
-                    )
-                    .await
-                    .unwrap(),
-            );
-        }
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+            (id, body)
+        })
+    });
+    publish_events(&pipeline.jetstream, "order.created", events).await;
     wait_for_members(&provider, 300, Duration::from_secs(60)).await;
     pipeline.quiescent().await;
 
@@ -322,22 +300,12 @@ async fn sigkill_of_delivery_mid_batch_loses_and_doubles_no_member() {
     let jetstream = async_nats::jetstream::new(client);
     let publisher = tokio::spawn(async move {
         for chunk in 0..20 {
-            let mut acks = Vec::new();
-            for i in 0..100 {
+            let events = (0..100).map(|i| {
                 let id = format!("k{}", chunk * 100 + i);
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", format!("shop:{id}").as_str());
-                let body = serde_json::to_vec(&order(&id, i)).unwrap();
-                acks.push(
-                    jetstream
-                        .publish_with_headers("ingest.shop.order.created", headers, body.into())
-                        .await
-                        .unwrap(),
-                );
-            }
-            for ack in acks {
-                ack.await.unwrap();
-            }
+                let body = order(&id, i);
+                (id, body)
+            });
+            publish_events(&jetstream, "order.created", events).await;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });

@@ -3,11 +3,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use async_nats::HeaderMap;
 use futures::{StreamExt, stream};
 use switchyard_tests::{FakeProvider, Pipeline, Reply};
 
-use crate::{catalog, catalog_with, order};
+use crate::{catalog, catalog_with, order, publish_events};
 
 /// Asserts every event in `ids` was accepted exactly once with the mapped body, and
 /// that nothing else was sent.
@@ -77,22 +76,10 @@ async fn every_event_from_http_and_from_nats_reaches_the_provider_exactly_once_m
     );
 
     // A plain NATS client, as any third party would publish.
-    let mut acks = Vec::new();
-    for id in &nats_ids {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("shop:{id}").as_str());
-        let body = serde_json::to_vec(&order(id, totals[id])).unwrap();
-        acks.push(
-            pipeline
-                .jetstream
-                .publish_with_headers("ingest.shop.order.paid", headers, body.into())
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        ack.await.unwrap();
-    }
+    let events = nats_ids
+        .iter()
+        .map(|id| (id.clone(), order(id, totals[id])));
+    publish_events(&pipeline.jetstream, "order.paid", events).await;
 
     provider
         .wait_for_accepted(2000, Duration::from_secs(90))

@@ -89,9 +89,23 @@ pub async fn publish_orders(
     event_type: &str,
     ids: &[String],
 ) {
+    let events = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), order(id, i as i64)));
+    publish_events(&pipeline.jetstream, event_type, events).await;
+}
+
+/// Publishes each `(id, body)` of source `shop` straight to NATS, in order, with
+/// `shop:<id>` as its message id, and waits for JetStream to store them all.
+pub async fn publish_events(
+    jetstream: &async_nats::jetstream::Context,
+    event_type: &str,
+    events: impl IntoIterator<Item = (String, serde_json::Value)>,
+) {
     // Acks are awaited in chunks: a JetStream context holds at most 5,000 unanswered.
     let mut acks: Vec<async_nats::jetstream::context::PublishAckFuture> = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
+    for (id, body) in events {
         if acks.len() == 1000 {
             for ack in acks.drain(..) {
                 ack.await.unwrap();
@@ -99,10 +113,9 @@ pub async fn publish_orders(
         }
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", format!("shop:{id}").as_str());
-        let body = serde_json::to_vec(&order(id, i as i64)).unwrap();
+        let body = serde_json::to_vec(&body).unwrap();
         acks.push(
-            pipeline
-                .jetstream
+            jetstream
                 .publish_with_headers(format!("ingest.shop.{event_type}"), headers, body.into())
                 .await
                 .unwrap(),
@@ -110,6 +123,29 @@ pub async fn publish_orders(
     }
     for ack in acks {
         ack.await.unwrap();
+    }
+}
+
+/// Checks that no window of each length in `windows` holds more than
+/// `rate × window + burst` of the `arrivals` (sorted).
+pub fn assert_paced(
+    arrivals: &[std::time::Instant],
+    rate: f64,
+    burst: usize,
+    windows: &[std::time::Duration],
+) {
+    for window in windows {
+        for (i, start) in arrivals.iter().enumerate() {
+            let within = arrivals[i..]
+                .iter()
+                .take_while(|at| **at < *start + *window)
+                .count();
+            let limit = (rate * window.as_secs_f64()).floor() as usize + burst;
+            assert!(
+                within <= limit,
+                "{within} requests within {window:?} (limit {limit})"
+            );
+        }
     }
 }
 

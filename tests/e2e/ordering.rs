@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use switchyard_tests::{FakeProvider, Pipeline, Reply};
 
-use crate::{catalog_with, order_id};
+use crate::{catalog_with, order_id, publish_events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn same_key_in_order_through_retries_and_other_keys_not_held_up() {
@@ -30,28 +29,15 @@ async fn same_key_in_order_through_retries_and_other_keys_not_held_up() {
         .await
         .unwrap();
 
-    let mut expected = Vec::new();
-    for i in 1..=5 {
-        for customer in ["a", "b"] {
+    let events = (1..=5).flat_map(|i| {
+        ["a", "b"].map(|customer| {
             let id = format!("{customer}{i}");
             let body =
                 serde_json::json!({"id": id, "email": "x@y.z", "total": i, "customer": customer});
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("shop:{id}").as_str());
-            pipeline
-                .jetstream
-                .publish_with_headers(
-                    "ingest.shop.order.created",
-                    headers,
-                    serde_json::to_vec(&body).unwrap().into(),
-                )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-            expected.push(id);
-        }
-    }
+            (id, body)
+        })
+    });
+    publish_events(&pipeline.jetstream, "order.created", events).await;
     provider
         .wait_for_accepted(10, Duration::from_secs(30))
         .await;

@@ -12,7 +12,7 @@ use switchyard_core::outcome::Outcome;
 
 use switchyard_tests::{FakeProvider, Pipeline, Reply};
 
-use crate::{catalog_with, publish_orders};
+use crate::{assert_paced, catalog_with, publish_orders};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_provider_never_sees_more_than_rate_times_window_plus_burst() {
@@ -31,23 +31,16 @@ async fn the_provider_never_sees_more_than_rate_times_window_plus_burst() {
 
     let arrivals: Vec<Instant> = provider.received().iter().map(|r| r.at).collect();
     assert_eq!(arrivals.len(), 100);
-    for window in [
-        Duration::from_millis(500),
-        Duration::from_secs(1),
-        Duration::from_secs(2),
-    ] {
-        for (i, start) in arrivals.iter().enumerate() {
-            let within = arrivals[i..]
-                .iter()
-                .take_while(|at| **at < *start + window)
-                .count();
-            let limit = (20.0 * window.as_secs_f64()).floor() as usize + 5;
-            assert!(
-                within <= limit,
-                "{within} requests within {window:?} (limit {limit})"
-            );
-        }
-    }
+    assert_paced(
+        &arrivals,
+        20.0,
+        5,
+        &[
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ],
+    );
     let span = arrivals[99] - arrivals[0];
     assert!(
         span >= Duration::from_millis(4600),

@@ -128,28 +128,27 @@ pub(crate) async fn assemble(
         if closed && open.is_empty() && slot.is_none() {
             break;
         }
-        let limits = open
-            .first()
-            .and_then(|first| first.target.provider.batch.clone());
-        let full = held.is_some()
-            || limits
-                .as_ref()
-                .is_some_and(|limits| open.len() >= limits.max_events);
-        let deadline = limits
+        // The open batch goes by its first member's provider settings.
+        let target = open.first().map(|first| first.target.clone());
+        let limits = target
             .as_ref()
-            .map(|limits| open[0].joined + limits.max_wait);
+            .and_then(|target| target.provider.batch.as_ref());
+        let full = held.is_some() || limits.is_some_and(|limits| open.len() >= limits.max_events);
+        let deadline = limits.map(|limits| open[0].joined + limits.max_wait);
         let due = !open.is_empty()
             && (full
                 || closed
                 || active.is_shutting_down()
                 || deadline.is_some_and(|deadline| Instant::now() >= deadline));
-        let max_in_flight = open
-            .first()
-            .map_or(usize::MAX, |first| first.target.provider.max_in_flight);
-        if due && slot.is_none() && requests.len() < max_in_flight {
+        let max_in_flight = target
+            .as_ref()
+            .map_or(usize::MAX, |target| target.provider.max_in_flight);
+        if let Some(target) =
+            target.filter(|_| due && slot.is_none() && requests.len() < max_in_flight)
+        {
             let delivery = Delivery {
                 shared: shared.clone(),
-                target: open[0].target.clone(),
+                target,
                 active: active.clone(),
                 batches: None,
             };

@@ -28,7 +28,7 @@ use switchyard_core::{
 use crate::{
     Accepted, Ingest, Problem, RETRY_AFTER_SECS, authorize, find, idempotency_key, is_json,
     media_type,
-    publish::{Outgoing, Pending, send},
+    publish::{Outgoing, Pending, connected, send},
     read_body,
     sources::Ready,
 };
@@ -126,13 +126,8 @@ pub(crate) async fn accept_batch(
         .limiter
         .try_acquire_many(count)
         .map_err(|wait| Problem::rate_limited(&source, wait))?;
-    let state_now = state.nats.client.connection_state();
-    if state_now != async_nats::connection::State::Connected {
-        return Err(Problem::unavailable(
-            format!("the events could not be stored: NATS is {state_now}; retry later"),
-            RETRY_AFTER_SECS,
-        ));
-    }
+    connected(&state.nats, "the events")
+        .map_err(|reason| Problem::unavailable(reason, RETRY_AFTER_SECS))?;
     tracing::Span::current().record("event_type", "batch");
 
     let deadline = tokio::time::Instant::now() + state.publish_timeout;

@@ -40,6 +40,18 @@ pub(crate) async fn publish(
         .await
 }
 
+/// Fails, saying why `what` could not be stored, while NATS is not connected.
+pub(crate) fn connected(nats: &Nats, what: &str) -> Result<(), String> {
+    let state = nats.client.connection_state();
+    if state == async_nats::connection::State::Connected {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} could not be stored: NATS is {state}; retry later"
+        ))
+    }
+}
+
 /// An event handed to the server, its ack not yet read.
 pub(crate) struct Pending {
     event_id: String,
@@ -59,12 +71,7 @@ pub(crate) async fn send(
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<Pending, String> {
-    let state = nats.client.connection_state();
-    if state != async_nats::connection::State::Connected {
-        return Err(format!(
-            "the event could not be stored: NATS is {state}; retry later"
-        ));
-    }
+    connected(nats, "the event")?;
     let event_id = match event.key {
         Some(key) => event::keyed_event_id(event.source, key),
         None => event::new_event_id(),
