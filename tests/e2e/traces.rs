@@ -19,6 +19,7 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
+use serde_json::json;
 use switchyard_tests::{FakeProvider, Pipeline, Reply, TestNats, eventually, service};
 use tokio::{net::TcpListener, process::Child};
 
@@ -463,5 +464,72 @@ async fn a_batch_request_has_one_client_span_linked_to_each_members_trace() {
         .filter(|(service, span)| service == "switchyard-delivery" && span.name == "POST")
         .count();
     assert_eq!(posts, 1, "one client span per batch request");
+    services.log_lines().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_ingest_request_has_one_publish_span_parenting_each_member() {
+    let (receiver, otlp) = Receiver::start().await;
+    let provider = FakeProvider::start().await;
+    let nats = TestNats::start().await.unwrap();
+    let settings = Pipeline::settings(nats.url());
+    Pipeline::prepare(&settings, &catalog(provider.url()))
+        .await
+        .unwrap();
+    let services = start_services(&settings, otlp).await;
+
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4799";
+    let events: Vec<_> = (0..3)
+        .map(|i| json!({"type": "order.created", "data": order(&format!("bi-{i}"), 1)}))
+        .collect();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/events/shop/batch", services.ingest_url))
+        .header(
+            "traceparent",
+            format!("00-{caller_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    provider.wait_for_accepted(3, Duration::from_secs(30)).await;
+
+    // receive and one publish in ingest, then a process span per member in transform.
+    let spans = eventually(Duration::from_secs(20), "the members' spans", || async {
+        let spans = receiver.spans();
+        let processed = spans
+            .iter()
+            .filter(|(service, span)| {
+                service == "switchyard-transform" && span.name.starts_with("process ingest")
+            })
+            .count();
+        (processed == 3).then_some(spans)
+    })
+    .await;
+    let publishes: Vec<_> = spans
+        .iter()
+        .filter(|(service, span)| {
+            service == "switchyard-ingest" && span.name.starts_with("publish")
+        })
+        .map(|(_, span)| span)
+        .collect();
+    assert_eq!(
+        publishes.len(),
+        1,
+        "one publish span for the batch: {publishes:#?}"
+    );
+    let publish = publishes[0];
+    assert_eq!(publish.kind, SpanKind::Producer as i32);
+    assert_eq!(publish.trace_id, hex::decode(caller_trace).unwrap());
+    assert_eq!(
+        number(&publish.attributes, "messaging.batch.message_count"),
+        Some(3)
+    );
+    for (_, process) in spans.iter().filter(|(service, span)| {
+        service == "switchyard-transform" && span.name.starts_with("process ingest")
+    }) {
+        assert_eq!(process.parent_span_id, publish.span_id, "{process:#?}");
+    }
     services.log_lines().await;
 }

@@ -131,6 +131,29 @@ pub fn link(span: &Span, to: &Span) {
 
 // Numbers on spans are recorded as i64: the OpenTelemetry layer exports a u64 as text.
 
+/// The producer span of publishing `count` events from one batch into INGEST (the
+/// conventions' batch send): one span for the whole batch, whose trace context every
+/// member carries, so each member's consumer spans are its children.
+pub fn batch_publish_span(source: &str, count: usize) -> Span {
+    let template = "ingest.{source}.{event_type}";
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = format!("publish {template}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.template = template,
+        messaging.batch.message_count = count as i64,
+        source = source,
+        otel.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    record_trace_id(&span);
+    span
+}
+
 /// The producer span of publishing one message to `subject`, named and attributed by
 /// the OpenTelemetry messaging conventions (`publish deliver.{provider}.{route}`).
 /// Its context is written into `headers`, so the consumer's span becomes its child;

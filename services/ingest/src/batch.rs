@@ -24,11 +24,12 @@ use switchyard_core::{
     catalog::{OnInvalid, validate_event_type},
     contract::Violation,
 };
+use tracing::Instrument;
 
 use crate::{
     Accepted, Ingest, Problem, RETRY_AFTER_SECS, authorize, find, idempotency_key, is_json,
     media_type,
-    publish::{Outgoing, Pending, connected, send},
+    publish::{Batch, Outgoing, Pending, connected, send},
     read_body,
     sources::Ready,
 };
@@ -129,11 +130,28 @@ pub(crate) async fn accept_batch(
     connected(&state.nats, "the events")
         .map_err(|reason| Problem::unavailable(reason, RETRY_AFTER_SECS))?;
     tracing::Span::current().record("event_type", "batch");
+    let batch = Batch::new(&ready.config.name, items.len());
+    let span = batch.span.clone();
+    let results = store(&state, &ready, revision, &body, items, &batch)
+        .instrument(span)
+        .await;
+    Ok(Json(Answer { results }).into_response())
+}
 
+/// Checks and stores each item in one publish span, answering for each in item order
+/// once every stored item is acknowledged.
+async fn store(
+    state: &Ingest,
+    ready: &Ready,
+    revision: u64,
+    body: &bytes::Bytes,
+    items: Vec<Result<Item<'_>, Problem>>,
+    batch: &Batch,
+) -> Vec<ItemResult> {
     let deadline = tokio::time::Instant::now() + state.publish_timeout;
     let mut sent: Vec<Result<Pending, ItemResult>> = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
-        let outgoing = match item.and_then(|item| check(&ready, &body, item)) {
+        let outgoing = match item.and_then(|item| check(ready, body, item)) {
             Ok(outgoing) => outgoing,
             Err(problem) => {
                 sent.push(Err(ItemResult::failed(index, problem)));
@@ -148,7 +166,14 @@ pub(crate) async fn accept_batch(
             revision,
             violations: outgoing.violations,
         };
-        let sent_item = send(&state.nats, event, deadline, state.publish_timeout).await;
+        let sent_item = send(
+            &state.nats,
+            event,
+            Some(batch),
+            deadline,
+            state.publish_timeout,
+        )
+        .await;
         sent.push(sent_item.map_err(|reason| {
             ItemResult::failed(index, Problem::unavailable(reason, RETRY_AFTER_SECS))
         }));
@@ -165,7 +190,7 @@ pub(crate) async fn accept_batch(
             Err(failed) => failed,
         });
     }
-    Ok(Json(Answer { results }).into_response())
+    results
 }
 
 /// An item that passed its checks.

@@ -34,7 +34,7 @@ pub(crate) async fn publish(
     event: Outgoing<'_>,
 ) -> Result<Accepted, String> {
     let deadline = tokio::time::Instant::now() + timeout;
-    send(nats, event, deadline, timeout)
+    send(nats, event, None, deadline, timeout)
         .await?
         .confirm(deadline, timeout)
         .await
@@ -52,12 +52,35 @@ pub(crate) fn connected(nats: &Nats, what: &str) -> Result<(), String> {
     }
 }
 
+/// What the events of one batch share: one publish span (the OpenTelemetry
+/// conventions' batch send), its trace context and the time they were received. The
+/// batch's sends and confirms run inside [`Batch::span`].
+pub(crate) struct Batch {
+    pub(crate) span: tracing::Span,
+    context: async_nats::HeaderMap,
+    received_at: String,
+}
+
+impl Batch {
+    pub(crate) fn new(source: &str, count: usize) -> Self {
+        let span = telemetry::batch_publish_span(source, count);
+        let mut context = async_nats::HeaderMap::new();
+        headers::inject_span(&span, &mut context);
+        Self {
+            span,
+            context,
+            received_at: event::now_rfc3339(),
+        }
+    }
+}
+
 /// An event handed to the server, its ack not yet read.
 pub(crate) struct Pending {
     event_id: String,
     source: String,
     dead_lettered: bool,
-    span: tracing::Span,
+    /// Its own publish span; none for a batch member, which runs in its batch's.
+    span: Option<tracing::Span>,
     ack: async_nats::jetstream::context::PublishAckFuture,
 }
 
@@ -68,6 +91,7 @@ pub(crate) struct Pending {
 pub(crate) async fn send(
     nats: &Nats,
     event: Outgoing<'_>,
+    batch: Option<&Batch>,
     deadline: tokio::time::Instant,
     timeout: Duration,
 ) -> Result<Pending, String> {
@@ -76,7 +100,8 @@ pub(crate) async fn send(
         Some(key) => event::keyed_event_id(event.source, key),
         None => event::new_event_id(),
     };
-    let mut message_headers = async_nats::HeaderMap::new();
+    let mut message_headers =
+        batch.map_or_else(async_nats::HeaderMap::new, |batch| batch.context.clone());
     // Scoped by source so two sources using the same key never collide.
     let message_id = match event.key {
         Some(key) => format!("{}:{key}", event.source),
@@ -84,7 +109,10 @@ pub(crate) async fn send(
     };
     message_headers.insert(headers::NATS_MSG_ID, message_id.as_str());
     message_headers.insert(headers::EVENT_ID, event_id.as_str());
-    message_headers.insert(headers::RECEIVED_AT, event::now_rfc3339().as_str());
+    match batch {
+        Some(batch) => message_headers.insert(headers::RECEIVED_AT, batch.received_at.as_str()),
+        None => message_headers.insert(headers::RECEIVED_AT, event::now_rfc3339().as_str()),
+    }
     message_headers.insert(headers::CONTENT_TYPE, "application/json");
     message_headers.insert(
         headers::CATALOG_REVISION,
@@ -109,14 +137,19 @@ pub(crate) async fn send(
             topology::source_dlq_subject(event.source)
         }
     };
-    let span = telemetry::publish_span(&subject, &mut message_headers, event.body.len());
+    let span = batch
+        .is_none()
+        .then(|| telemetry::publish_span(&subject, &mut message_headers, event.body.len()));
     let sent = nats
         .jetstream
-        .publish_with_headers(subject, message_headers, event.body)
-        .instrument(span.clone());
-    match tokio::time::timeout_at(deadline, sent).await {
-        Err(_) => Err(timed_out(&span, timeout)),
-        Ok(Err(err)) => Err(not_stored(&span, &err)),
+        .publish_with_headers(subject, message_headers, event.body);
+    let sent = match &span {
+        Some(span) => tokio::time::timeout_at(deadline, sent.instrument(span.clone())).await,
+        None => tokio::time::timeout_at(deadline, sent).await,
+    };
+    match sent {
+        Err(_) => Err(timed_out(span.as_ref(), timeout)),
+        Ok(Err(err)) => Err(not_stored(span.as_ref(), &err)),
         Ok(Ok(ack)) => Ok(Pending {
             event_id,
             source: event.source.to_owned(),
@@ -134,16 +167,26 @@ impl Pending {
         deadline: tokio::time::Instant,
         timeout: Duration,
     ) -> Result<Accepted, String> {
-        let span = self.span;
-        let stored =
-            tokio::time::timeout_at(deadline, self.ack.into_future().instrument(span.clone()));
-        let ack = match stored.await {
+        let stored = match &self.span {
+            Some(span) => {
+                let ack = self.ack.into_future().instrument(span.clone());
+                tokio::time::timeout_at(deadline, ack).await
+            }
+            None => tokio::time::timeout_at(deadline, self.ack.into_future()).await,
+        };
+        let ack = match stored {
             Ok(Ok(ack)) => ack,
-            Ok(Err(err)) => return Err(not_stored(&span, &err)),
-            Err(_) => return Err(timed_out(&span, timeout)),
+            Ok(Err(err)) => return Err(not_stored(self.span.as_ref(), &err)),
+            Err(_) => return Err(timed_out(self.span.as_ref(), timeout)),
         };
         if ack.duplicate {
-            span.in_scope(|| tracing::info!("duplicate idempotency key; not published again"));
+            let span = self.span.unwrap_or_else(tracing::Span::current);
+            span.in_scope(|| {
+                tracing::info!(
+                    event_id = self.event_id.as_str(),
+                    "duplicate idempotency key; not published again"
+                )
+            });
         } else {
             metrics::metrics()
                 .events_published
@@ -160,8 +203,10 @@ impl Pending {
     }
 }
 
-fn timed_out(span: &tracing::Span, timeout: Duration) -> String {
-    telemetry::record_error(span, "timeout");
+/// `span` is the event's own publish span, or none inside its batch's.
+fn timed_out(span: Option<&tracing::Span>, timeout: Duration) -> String {
+    let span = span.cloned().unwrap_or_else(tracing::Span::current);
+    telemetry::record_error(&span, "timeout");
     span.in_scope(|| {
         tracing::warn!(
             timeout_ms = timeout.as_millis() as u64,
@@ -174,8 +219,9 @@ fn timed_out(span: &tracing::Span, timeout: Duration) -> String {
     )
 }
 
-fn not_stored(span: &tracing::Span, err: &dyn std::fmt::Display) -> String {
-    telemetry::record_error(span, "publish");
+fn not_stored(span: Option<&tracing::Span>, err: &dyn std::fmt::Display) -> String {
+    let span = span.cloned().unwrap_or_else(tracing::Span::current);
+    telemetry::record_error(&span, "publish");
     span.in_scope(|| tracing::warn!(error = %err, "event could not be stored"));
     "the event could not be stored durably; it was not accepted, retry later".into()
 }
