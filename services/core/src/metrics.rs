@@ -137,6 +137,10 @@ pub struct Metrics {
     pub ingest_requests: Family<IngestLabels, Counter>,
     /// Events stored in INGEST per source (duplicates not counted).
     pub events_published: Family<SourceLabels, Counter>,
+    /// Rows waiting in a source's outbox table (at its last count).
+    pub source_rows_waiting: Family<SourceLabels, Gauge>,
+    /// Unix time a database source last read its table, whether or not it found rows.
+    pub source_last_read: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     /// Transform results per route and outcome.
     pub transform_results: Family<TransformLabels, Counter>,
     /// Time to run a route's filter, contracts and mapping on one event.
@@ -253,6 +257,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Events stored in INGEST per source, duplicates not counted",
         Family::<SourceLabels, Counter>::default(),
     );
+    let source_rows_waiting = metrics.add(
+        "ingest_source_rows_waiting",
+        "Rows waiting in a source's outbox table, at its last count",
+        Family::<SourceLabels, Gauge>::default(),
+    );
+    let source_last_read = metrics.add(
+        "ingest_source_last_read_timestamp_seconds",
+        "Unix time a database source last read its table",
+        Family::<SourceLabels, Gauge<f64, AtomicU64>>::default(),
+    );
     let transform_results = metrics.add(
         "transform_results",
         "Transform results per route and outcome",
@@ -300,6 +314,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         last_success,
         ingest_requests,
         events_published,
+        source_rows_waiting,
+        source_last_read,
         transform_results,
         mapping_duration,
         consumer_pending,

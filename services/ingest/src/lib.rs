@@ -12,9 +12,11 @@
 
 mod batch;
 mod observe;
+mod outbox;
 mod poll;
 mod problem;
 mod publish;
+mod readers;
 mod sources;
 mod verify;
 
@@ -97,7 +99,11 @@ pub async fn run(
         max_batch_events: settings.ingest.max_batch_events,
         publish_timeout: settings.ingest.publish_timeout,
     });
+    outbox::check_at_start(&state)
+        .await
+        .map_err(Error::Source)?;
     poll::start(state.clone(), &settings, &shutdown);
+    outbox::start(state.clone(), &settings, &shutdown);
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
     switchyard_core::http::serve(
         listener,

@@ -7,7 +7,7 @@
 //! crash between the two re-reads the page, and deduplication absorbs the repeat.
 //! A 429 waits for its `Retry-After`; other failures wait for the next interval.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use async_nats::jetstream::kv;
 use reqwest::{StatusCode, header};
@@ -21,7 +21,8 @@ use switchyard_core::{
 use crate::{
     Ingest, is_valid_key,
     publish::{Outgoing, publish},
-    sources::{self, PollSetup, Ready},
+    readers,
+    sources::{self, PollSetup},
 };
 
 /// What a poller remembers between polls, in KV under `poll.<source>`.
@@ -38,72 +39,24 @@ pub struct Position {
 /// Starts a poller for every polled source and keeps the set current as the
 /// catalog changes: a poller whose settings changed is restarted, a removed one stops.
 pub fn start(state: Arc<Ingest>, settings: &Settings, shutdown: &Shutdown) {
-    let instance = settings
-        .delivery
-        .instance
-        .clone()
-        .unwrap_or_else(lease::default_instance);
     let ttl = settings.ingest.poll_lease_ttl;
-    let scope = shutdown.clone();
-    shutdown.spawn("pollers", async move {
-        let mut sources = state.sources.clone();
-        let mut running: HashMap<String, (Arc<PollSetup>, Shutdown, tokio::task::JoinHandle<()>)> =
-            HashMap::new();
-        loop {
-            let wanted: HashMap<String, Arc<Ready>> = sources
-                .borrow_and_update()
-                .ready()
-                .filter(|ready| ready.poller.is_some())
-                .map(|ready| (ready.config.name.clone(), ready.clone()))
-                .collect();
-            let stale: Vec<String> = running
-                .iter()
-                .filter(|(name, (setup, _, _))| {
-                    wanted
-                        .get(*name)
-                        .and_then(|ready| ready.poller.as_ref())
-                        .is_none_or(|now| now.config != setup.config)
-                })
-                .map(|(name, _)| name.clone())
-                .collect();
-            for name in stale {
-                let (_, stop, task) = running.remove(&name).expect("listed above");
-                stop.trigger();
-                let _ = task.await;
-                tracing::info!(source = name, "poller stopped");
-            }
-            for (name, ready) in wanted {
-                if running.contains_key(&name) {
-                    continue;
-                }
-                let setup = ready.poller.clone().expect("filtered on pollers");
-                let stop = scope.child();
-                let poller = Poller {
-                    state: state.clone(),
-                    source: name.clone(),
-                    setup: setup.clone(),
-                    stop: stop.clone(),
-                };
-                let (instance, scope) = (instance.clone(), scope.clone());
-                let task = tokio::spawn(async move {
-                    if let Err(err) = poller.run(&instance, ttl).await {
-                        tracing::error!(source = poller.source, error = %err, "poller failed");
-                        scope.trigger();
-                    }
-                });
-                running.insert(name, (setup, stop, task));
-            }
-            tokio::select! {
-                changed = sources.changed() => if changed.is_err() { break },
-                () = scope.cancelled() => break,
-            }
-        }
-        for (_, (_, stop, task)) in running {
-            stop.trigger();
-            let _ = task.await;
-        }
-        Ok::<_, std::convert::Infallible>(())
-    });
+    readers::supervise(
+        state,
+        settings,
+        shutdown,
+        "poller",
+        |ready| ready.poller.clone(),
+        |old, new| old.config == new.config,
+        move |state, source, setup, stop, instance| async move {
+            let poller = Poller {
+                state,
+                source,
+                setup,
+                stop,
+            };
+            poller.run(&instance, ttl).await
+        },
+    );
 }
 
 struct Poller {

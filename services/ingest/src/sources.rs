@@ -21,7 +21,10 @@ use switchyard_core::{
 };
 use tokio::sync::watch;
 
-use crate::verify::{ApiKeys, Verifier};
+use crate::{
+    outbox::OutboxSetup,
+    verify::{ApiKeys, Verifier},
+};
 
 /// Longest time to connect to a polled API (or its token endpoint).
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -40,6 +43,8 @@ pub struct Ready {
     pub limiter: Arc<Limiter>,
     /// How to poll it, when it is polled.
     pub poller: Option<Arc<PollSetup>>,
+    /// How to read its outbox table, when it has one.
+    pub outbox: Option<Arc<OutboxSetup>>,
     contracts: Vec<(Vec<String>, Contract)>,
 }
 
@@ -100,6 +105,11 @@ impl Ready {
                 }))
             }
         };
+        let outbox = source
+            .outbox
+            .as_ref()
+            .map(|outbox| OutboxSetup::new(&source.name, outbox, secrets, guard).map(Arc::new))
+            .transpose()?;
         let verifier = source
             .webhook
             .as_ref()
@@ -123,6 +133,7 @@ impl Ready {
             api_keys: ApiKeys::new(&source.api_keys),
             limiter,
             poller,
+            outbox,
             contracts,
         })
     }

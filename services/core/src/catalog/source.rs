@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Auth, ClientTls, RateLimit,
+    Auth, ClientTls, Outbox, RateLimit,
     webhook::{Extract, Verify, Webhook},
 };
 
@@ -38,6 +38,10 @@ pub struct Source {
     /// Fetch events from an HTTP API instead of waiting for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll: Option<Poll>,
+    /// Publish the events an application writes into an outbox table of its own
+    /// PostgreSQL database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<Outbox>,
 }
 
 /// A contract for the events whose type matches `event_types`.
@@ -198,6 +202,15 @@ pub(super) fn validate(source: &Source, at: &str, fail: &mut impl FnMut(String, 
         }
         if let Err(err) = crate::contract::Contract::compile(&rule.schema) {
             fail(format!("{path}.schema"), err);
+        }
+    }
+    if let Some(outbox) = &source.outbox {
+        outbox.validate(&format!("{at}.outbox"), fail);
+        if source.poll.is_some() {
+            fail(
+                format!("{at}.outbox"),
+                "a source reads one of poll or outbox, not both".into(),
+            );
         }
     }
     if let Some(poll) = &source.poll {
