@@ -20,6 +20,7 @@ mod lease;
 mod metrics;
 mod ordering;
 mod outbound;
+mod outbox;
 mod pacing;
 mod polling;
 mod prometheus;

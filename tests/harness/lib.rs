@@ -8,6 +8,7 @@
 pub mod chaos;
 mod pipeline;
 pub mod pki;
+mod postgres;
 pub mod processes;
 mod provider;
 pub mod workload;
@@ -15,6 +16,7 @@ pub mod workload;
 use std::time::Duration;
 
 pub use pipeline::Pipeline;
+pub use postgres::TestPostgres;
 pub use provider::{FakeProvider, Received, Reply};
 use switchyard::local_server::LocalNatsServer;
 use tempfile::TempDir;

@@ -90,6 +90,7 @@ pub struct Processes {
     pub ingest_url: String,
     ingest_port: u16,
     control_port: u16,
+    env: Vec<(String, String)>,
     services: Vec<Process>,
 }
 
@@ -97,6 +98,16 @@ impl Processes {
     /// Starts a nats-server, saves `catalog` and starts `names` (`ingest`, `transform`,
     /// `delivery`, `control`); delivery runs for every provider of the catalog.
     pub async fn start(catalog: &str, names: &[&'static str]) -> anyhow::Result<Self> {
+        Self::start_with_env(catalog, names, &[]).await
+    }
+
+    /// Like [`Processes::start`], with variables added to every process's environment
+    /// (secrets the catalog names, for instance).
+    pub async fn start_with_env(
+        catalog: &str,
+        names: &[&'static str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let nats = TestNats::start().await?;
         let settings = Pipeline::settings(nats.url());
         let (_, parsed) = Pipeline::prepare(&settings, catalog).await?;
@@ -106,6 +117,10 @@ impl Processes {
             nats,
             ingest_port,
             control_port: free_port(),
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
             services: Vec::new(),
         };
         for name in names {
@@ -151,6 +166,7 @@ impl Processes {
             )
             .env("SWITCHYARD__ADMIN__LISTEN", admin.to_string())
             .env("SWITCHYARD__CONTROL__ALLOW_UNAUTHENTICATED", "true")
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
             .stdout(std::process::Stdio::null());
         if let Some(provider) = provider {
             command.args(["--provider", provider]);

@@ -16,6 +16,7 @@ mod exit;
 mod flags;
 mod keys;
 mod mapping;
+mod outbox;
 mod output;
 mod progress;
 mod providers;
@@ -101,6 +102,9 @@ enum Command {
     Keys(keys::KeysCommand),
     /// Re-run stored events through the current routes and mapping versions.
     Replay(replay::ReplayArgs),
+    /// The outbox table an outbox source reads (offline).
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
 }
 
 #[tokio::main]
@@ -139,6 +143,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         Command::Providers(command) => providers::run(command, remote.connect().await?).await,
         Command::Keys(command) => keys::run(command),
         Command::Replay(args) => replay::run(args, remote.connect().await?, format).await,
+        Command::Outbox(command) => outbox::run(command),
     }
 }
 

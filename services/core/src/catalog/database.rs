@@ -72,8 +72,9 @@ pub fn quote_table(name: &str) -> String {
         .join(".")
 }
 
-/// The NOTIFY channel of `table`: `switchyard_outbox_` and the name, `.` as `_`.
-fn channel_of(table: &str) -> String {
+/// The NOTIFY channel of `table`: `switchyard_outbox_` and the name, `.` as `_`
+/// (`syctl outbox schema` writes the same into its trigger; its tests check).
+pub fn channel_of(table: &str) -> String {
     format!("switchyard_outbox_{}", table.replace('.', "_"))
 }
 
@@ -117,40 +118,6 @@ impl Outbox {
             tls.validate(&format!("{at}.tls"), fail);
         }
     }
-
-    /// The table's DDL, with the trigger that wakes the reader at once.
-    pub fn schema(table: &str) -> String {
-        let quoted = quote_table(table);
-        let channel = channel_of(table);
-        format!(
-            "-- The outbox of the Switchyard source that reads {table}. Insert into it in the
--- same transaction as the change the event describes; Switchyard publishes each
--- committed row to NATS JetStream and then deletes it.
-CREATE TABLE IF NOT EXISTS {quoted} (
-    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_type      text        NOT NULL,
-    idempotency_key text,
-    payload         jsonb       NOT NULL,
-    headers         jsonb,
-    created_at      timestamptz NOT NULL DEFAULT now()
-);
-
--- Wakes the reader as soon as a transaction that inserted rows commits (it also reads
--- every poll_interval, so events arrive without this, only later).
-CREATE OR REPLACE FUNCTION \"{channel}_notify\"() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{channel}', '');
-    RETURN NULL;
-END $$;
-
-DROP TRIGGER IF EXISTS switchyard_outbox_notify ON {quoted};
-CREATE TRIGGER switchyard_outbox_notify
-    AFTER INSERT ON {quoted}
-    FOR EACH STATEMENT EXECUTE FUNCTION \"{channel}_notify\"();
-"
-        )
-    }
 }
 
 #[cfg(test)]
@@ -178,11 +145,7 @@ mod tests {
     }
 
     #[test]
-    fn the_schema_names_the_table_and_its_channel() {
-        let ddl = Outbox::schema("app.orders_outbox");
-        assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"app\".\"orders_outbox\""));
-        assert!(ddl.contains("pg_notify('switchyard_outbox_app_orders_outbox', '')"));
-        assert!(ddl.contains("\"switchyard_outbox_app_orders_outbox_notify\"()"));
+    fn settings_have_defaults_and_a_channel_per_table() {
         let outbox: Outbox =
             serde_yaml_ng::from_str("{dsn: {secret: PG}, table: app.orders_outbox}").unwrap();
         assert_eq!(outbox.channel(), "switchyard_outbox_app_orders_outbox");

@@ -19,7 +19,9 @@ use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 
 pub use apply::{Action, Change};
 pub use batch::{Batch, BatchFormat, ByteSize, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_WAIT};
-pub use database::{DEFAULT_OUTBOX_TABLE, MAX_OUTBOX_BATCH, Outbox, is_table_name, quote_table};
+pub use database::{
+    DEFAULT_OUTBOX_TABLE, MAX_OUTBOX_BATCH, Outbox, channel_of, is_table_name, quote_table,
+};
 pub use policy::{
     Auth, Backoff, BreakerPolicy, ClientTls, Delay, OAuth2, RateLimit, RetryPolicy,
     STANDARD_WEBHOOKS_SCHEDULE, SecretName, StatusMatch,

@@ -1,0 +1,459 @@
+//! Outbox sources against a real PostgreSQL server: rows an application commits reach
+//! the provider once each, in order per writer, across a SIGKILL of ingest, a restart
+//! of PostgreSQL and transactions that commit out of id order.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+use switchyard_tests::{FakeProvider, TestPostgres, eventually, processes::Processes};
+
+/// The outbox DDL exactly as `syctl outbox schema` prints it.
+fn outbox_ddl() -> String {
+    let out = std::process::Command::new(switchyard_tests::binary("syctl"))
+        .args(["outbox", "schema"])
+        .output()
+        .expect("syctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Source `shop` reads the outbox; route `orders` passes bodies through to `crm`,
+/// in order per writer.
+fn catalog(provider_url: &str) -> String {
+    format!(
+        r#"
+sources:
+  - name: shop
+    outbox: {{ dsn: {{ secret: OUTBOX_DSN }}, batch: 200, poll_interval: 500ms }}
+providers:
+  - name: crm
+    url: {provider_url}/orders
+    timeout: 2s
+    max_in_flight: 32
+    retry:
+      max_attempts: 10
+      backoff: {{ initial: 50ms, factor: 2, max: 400ms }}
+mappings:
+  - name: pass
+    version: 1
+    program: ". = ."
+routes:
+  - name: orders
+    source: shop
+    event_types: ["order.*"]
+    mapping: pass@1
+    provider: crm
+    ordering_key: .writer
+"#
+    )
+}
+
+/// A database with the outbox table, and the stack reading it.
+async fn start(provider: &FakeProvider) -> (TestPostgres, Processes) {
+    let postgres = TestPostgres::start().await.unwrap();
+    postgres
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(&outbox_ddl())
+        .await
+        .unwrap();
+    let stack = Processes::start_with_env(
+        &catalog(provider.url()),
+        &["ingest", "transform", "delivery"],
+        &[
+            ("OUTBOX_DSN", &postgres.dsn()),
+            ("SWITCHYARD__INGEST__POLL_LEASE_TTL", "2s"),
+        ],
+    )
+    .await
+    .unwrap();
+    (postgres, stack)
+}
+
+/// Inserts `rows` rows for `writer`, one transaction each, pausing `pause` between
+/// them; retries a row whose insert failed (PostgreSQL away) until it commits. With
+/// `keyed`, each row carries its idempotency key, as an application that retries
+/// must: an insert cut off after its commit and retried makes a second row.
+async fn write(
+    postgres_dsn: String,
+    writer: usize,
+    rows: usize,
+    pause: Duration,
+    keyed: bool,
+    written: Arc<AtomicUsize>,
+) {
+    let mut client = None;
+    let mut seq = 0;
+    while seq < rows {
+        if client.is_none() {
+            match tokio_postgres::connect(&postgres_dsn, tokio_postgres::NoTls).await {
+                Ok((c, connection)) => {
+                    tokio::spawn(connection);
+                    client = Some(c);
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        let id = format!("w{writer}-{seq}");
+        let payload = json!({"id": id, "writer": format!("w{writer}"), "seq": seq});
+        let key = keyed.then_some(id);
+        let inserted = client
+            .as_ref()
+            .unwrap()
+            .execute(
+                "INSERT INTO switchyard_outbox (event_type, idempotency_key, payload)
+                 VALUES ('order.created', $1, $2)",
+                &[&key, &payload],
+            )
+            .await;
+        match inserted {
+            Ok(_) => {
+                seq += 1;
+                written.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => client = None,
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// What the provider accepted: per writer the sequence numbers in arrival order.
+fn arrivals(provider: &FakeProvider) -> HashMap<String, Vec<u64>> {
+    let mut by_writer: HashMap<String, Vec<u64>> = HashMap::new();
+    for request in provider.accepted() {
+        let body = request.json();
+        by_writer
+            .entry(body["writer"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(body["seq"].as_u64().unwrap());
+    }
+    by_writer
+}
+
+/// Every writer's rows arrived once each, in the order it wrote them.
+fn assert_once_in_order(provider: &FakeProvider, writers: usize, rows: usize) {
+    let by_writer = arrivals(provider);
+    assert_eq!(by_writer.len(), writers, "every writer's rows arrived");
+    for (writer, seqs) in &by_writer {
+        let expected: Vec<u64> = (0..rows as u64).collect();
+        assert_eq!(
+            seqs.len(),
+            rows,
+            "{writer}: {} arrivals for {rows} rows (lost or doubled)",
+            seqs.len()
+        );
+        assert_eq!(seqs, &expected, "{writer}: in order, once each");
+    }
+}
+
+async fn wait_for(provider: &FakeProvider, count: usize, timeout: Duration) {
+    eventually(timeout, &format!("{count} rows delivered"), || async {
+        (provider.accepted().len() >= count).then_some(())
+    })
+    .await;
+}
+
+async fn wait_until_written(written: &AtomicUsize, count: usize) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{count} rows written"),
+        || async { (written.load(Ordering::Relaxed) >= count).then_some(()) },
+    )
+    .await;
+}
+
+async fn rows_left(postgres: &TestPostgres) -> i64 {
+    postgres
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM switchyard_outbox", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_from_eight_writers_arrive_once_each_in_order_across_a_sigkill_of_ingest() {
+    let provider = FakeProvider::start().await;
+    let (postgres, mut stack) = start(&provider).await;
+    let (writers, rows) = (8, 625);
+    let written = Arc::new(AtomicUsize::new(0));
+    let writing: Vec<_> = (0..writers)
+        .map(|writer| {
+            tokio::spawn(write(
+                postgres.dsn(),
+                writer,
+                rows,
+                Duration::from_millis(10),
+                false,
+                written.clone(),
+            ))
+        })
+        .collect();
+    wait_for(&provider, 100, Duration::from_secs(60)).await;
+    wait_until_written(&written, 1_500).await;
+    assert!(written.load(Ordering::Relaxed) < 3_500, "still writing");
+    stack.kill("ingest").await;
+    // Rows written while ingest is down wait in the table.
+    let delivered_then = provider.accepted().len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rows_left(&postgres).await > 0,
+        "rows wait while ingest is down"
+    );
+    stack.restart("ingest").unwrap();
+    for writer in writing {
+        writer.await.unwrap();
+    }
+    wait_for(&provider, writers * rows, Duration::from_secs(120)).await;
+    // Anything doubled would arrive late.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_once_in_order(&provider, writers, rows);
+    assert_eq!(rows_left(&postgres).await, 0, "published rows are deleted");
+
+    // Operators see the outbox drained and recently read.
+    let ingest = stack
+        .services()
+        .iter()
+        .find(|p| p.name == "ingest")
+        .unwrap();
+    let metrics = eventually(Duration::from_secs(10), "rows waiting 0", || async {
+        let text = reqwest::get(format!("http://{}/metrics", ingest.admin))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains(r#"switchyard_ingest_source_rows_waiting{source="shop"} 0"#)
+            .then_some(text)
+    })
+    .await;
+    assert!(
+        metrics.contains(r#"switchyard_ingest_source_last_read_timestamp_seconds{source="shop"}"#),
+        "last read is a metric"
+    );
+    eprintln!(
+        "outbox: {} rows from {writers} writers, SIGKILL of ingest after {delivered_then}: 0 lost, 0 doubled, in order per writer",
+        writers * rows
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_mid_stream_loses_and_doubles_nothing() {
+    let provider = FakeProvider::start().await;
+    let (mut postgres, _stack) = start(&provider).await;
+    let (writers, rows) = (4, 300);
+    let written = Arc::new(AtomicUsize::new(0));
+    let writing: Vec<_> = (0..writers)
+        .map(|writer| {
+            tokio::spawn(write(
+                postgres.dsn(),
+                writer,
+                rows,
+                Duration::from_millis(10),
+                true,
+                written.clone(),
+            ))
+        })
+        .collect();
+    wait_for(&provider, 50, Duration::from_secs(60)).await;
+    wait_until_written(&written, 300).await;
+    assert!(written.load(Ordering::Relaxed) < 1_000, "still writing");
+    postgres.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    postgres.resume().await.unwrap();
+    for writer in writing {
+        writer.await.unwrap();
+    }
+    wait_for(&provider, writers * rows, Duration::from_secs(90)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_once_in_order(&provider, writers, rows);
+    assert_eq!(rows_left(&postgres).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_committed_after_a_higher_id_is_not_skipped() {
+    let provider = FakeProvider::start().await;
+    let (postgres, _stack) = start(&provider).await;
+    let insert = "INSERT INTO switchyard_outbox (event_type, payload) VALUES ('order.created', $1) RETURNING id";
+    let row = |writer: &str| json!({"id": writer, "writer": writer, "seq": 0});
+
+    // The first transaction takes the lower id and stays open...
+    let mut early = postgres.client().await.unwrap();
+    let first = early.transaction().await.unwrap();
+    let low: i64 = first
+        .query_one(insert, &[&row("early")])
+        .await
+        .unwrap()
+        .get(0);
+    // ...while a second one takes a higher id, commits, and is delivered.
+    let late = postgres.client().await.unwrap();
+    let high: i64 = late
+        .query_one(insert, &[&row("late")])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(low < high);
+    wait_for(&provider, 1, Duration::from_secs(30)).await;
+    assert_eq!(provider.accepted()[0].json()["writer"], "late");
+
+    // The lower id commits last and still arrives.
+    first.commit().await.unwrap();
+    wait_for(&provider, 2, Duration::from_secs(30)).await;
+    let writers: Vec<Value> = provider
+        .accepted()
+        .iter()
+        .map(|request| request.json()["writer"].clone())
+        .collect();
+    assert_eq!(writers, ["late", "early"]);
+    assert_eq!(rows_left(&postgres).await, 0);
+}
+
+/// Starts ingest alone on `catalog` and returns what it printed when it exited.
+async fn ingest_refuses(catalog: &str, dsn: &str) -> String {
+    let nats = switchyard_tests::TestNats::start().await.unwrap();
+    let settings = switchyard_tests::Pipeline::settings(nats.url());
+    switchyard_tests::Pipeline::prepare(&settings, catalog)
+        .await
+        .unwrap();
+    let mut command = switchyard_tests::service("switchyard-ingest", &settings);
+    command
+        .env("OUTBOX_DSN", dsn)
+        .env("SWITCHYARD__INGEST__LISTEN", "127.0.0.1:0");
+    let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("ingest exits at start")
+        .unwrap();
+    assert!(!out.status.success(), "ingest must not start");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_table_database_or_grant_stops_ingest_at_start_naming_the_fix() {
+    let postgres = TestPostgres::start().await.unwrap();
+    let catalog = catalog("http://127.0.0.1:9");
+
+    let text = ingest_refuses(&catalog, &postgres.dsn()).await;
+    assert!(
+        text.contains("source shop") && text.contains("switchyard_outbox does not exist"),
+        "{text}"
+    );
+    assert!(
+        text.contains("syctl outbox schema --table switchyard_outbox"),
+        "{text}"
+    );
+
+    let wrong_db = postgres.dsn().replace("dbname=postgres", "dbname=shop");
+    let text = ingest_refuses(&catalog, &wrong_db).await;
+    assert!(
+        text.contains("source shop")
+            && text.contains("check the database name in the secret OUTBOX_DSN"),
+        "{text}"
+    );
+
+    let admin = postgres.client().await.unwrap();
+    admin.batch_execute(&outbox_ddl()).await.unwrap();
+    admin
+        .batch_execute(
+            "CREATE ROLE reader LOGIN; ALTER TABLE switchyard_outbox DROP COLUMN payload",
+        )
+        .await
+        .unwrap();
+    let text = ingest_refuses(&catalog, &postgres.dsn()).await;
+    assert!(text.contains("has no column payload jsonb"), "{text}");
+    admin
+        .batch_execute("ALTER TABLE switchyard_outbox ADD COLUMN payload jsonb NOT NULL")
+        .await
+        .unwrap();
+    let as_reader = postgres.dsn().replace("user=postgres", "user=reader");
+    let text = ingest_refuses(&catalog, &as_reader).await;
+    assert!(
+        text.contains("GRANT SELECT, DELETE ON switchyard_outbox"),
+        "{text}"
+    );
+    assert!(!text.contains("password"), "no DSN in the output: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
+    let provider = FakeProvider::start().await;
+    let (postgres, stack) = start(&provider).await;
+    let client = postgres.client().await.unwrap();
+    client
+        .batch_execute(
+            r#"INSERT INTO switchyard_outbox (event_type, payload) VALUES ('Not A Type!', '{"writer": "bad", "seq": 0}');
+               INSERT INTO switchyard_outbox (event_type, idempotency_key, payload) VALUES ('order.created', 'has space', '{"writer": "bad", "seq": 1}');
+               INSERT INTO switchyard_outbox (event_type, payload, headers) VALUES ('order.created', '{"writer": "good", "seq": 0}',
+                 '{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}');"#,
+        )
+        .await
+        .unwrap();
+    wait_for(&provider, 1, Duration::from_secs(30)).await;
+    let arrived = provider.accepted()[0].json();
+    assert_eq!(arrived["writer"], "good");
+    // The provider's request continues the trace the row carried.
+    let traceparent = provider.accepted()[0]
+        .header("traceparent")
+        .unwrap()
+        .to_owned();
+    assert!(
+        traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{traceparent}"
+    );
+
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let jetstream = async_nats::jetstream::new(nats);
+    let dlq = jetstream
+        .get_stream(switchyard_core::topology::DLQ)
+        .await
+        .unwrap();
+    let subject = switchyard_core::topology::source_dlq_subject("shop");
+    eventually(Duration::from_secs(10), "two dead letters", || async {
+        let info = dlq.get_info().await.ok()?;
+        (info.state.messages == 2).then_some(())
+    })
+    .await;
+    let mut reasons = Vec::new();
+    for sequence in 1..=2 {
+        let message = dlq.get_raw_message(sequence).await.unwrap();
+        assert_eq!(message.subject.as_str(), subject);
+        let headers = message.headers;
+        reasons.push(
+            headers
+                .get(switchyard_core::headers::FAILURE_REASON)
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(
+        reasons[0].contains("/event_type") && reasons[0].contains("row 1"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("/idempotency_key") && reasons[1].contains("row 2"),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        rows_left(&postgres).await,
+        0,
+        "dead-lettered rows are deleted too"
+    );
+}
