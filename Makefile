@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test bench chaos soak build lint deny fmt nats-server prometheus python-deps buf helm
+.PHONY: run test bench chaos soak build lint deny fmt nats-server prometheus postgresql python-deps buf helm
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -12,7 +12,7 @@ run: nats-server
 
 ## test: the whole test suite against a real nats-server (tests that run the services
 ## as processes use the binaries built first)
-test: nats-server prometheus python-deps buf helm
+test: nats-server prometheus postgresql python-deps buf helm
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -89,6 +89,16 @@ prometheus:
 		echo "install prometheus and promtool (Debian package prometheus)" >&2; exit 1; \
 	fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq prometheus
+
+# A real PostgreSQL server for the outbox tests (each test runs initdb into a temporary
+# directory; the packaged cluster is not used). PG_BINDIR points at another install.
+postgresql:
+	@if [ -n "$$PG_BINDIR" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then exit 0; fi; \
+	echo "PostgreSQL not found; installing the Debian package postgresql"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+		echo "install PostgreSQL 12 or newer (Debian package postgresql) or set PG_BINDIR" >&2; exit 1; \
+	fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql
 
 # The reference Standard Webhooks library checks the signatures delivery sends;
 # grpcio-tools generates the third-party Python client of the control API;
