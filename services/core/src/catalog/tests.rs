@@ -321,6 +321,9 @@ fn the_quickstart_catalog_is_valid() {
             .iter()
             .all(|source| source.webhook.is_some())
     );
+    let outbox = include_str!("../../../../deploy/examples/outbox.yaml");
+    let catalog = Catalog::from_yaml(outbox).unwrap();
+    assert!(catalog.sources[0].outbox.is_some());
 }
 
 const SOURCES: &str = r#"
@@ -489,4 +492,35 @@ fn batch_settings_are_checked_at_apply_naming_the_field() {
         )),
         ["providers[0].batch_program", "providers[0].batch_results"]
     );
+}
+
+#[test]
+fn outbox_sources_are_checked_field_by_field() {
+    let broken = r#"
+sources:
+  - name: shop
+    outbox: { dsn: { secret: "bad name" }, table: "Orders; DROP", batch: 0, poll_interval: 1ms }
+  - name: both
+    poll: { url: "https://api.example.com/x", interval: 5s, id: /id, event_type: { value: a.b } }
+    outbox: { dsn: { secret: DSN } }
+"#;
+    let err = Catalog::from_yaml(broken).unwrap_err();
+    let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "sources[0].outbox.dsn.secret",
+            "sources[0].outbox.table",
+            "sources[0].outbox.batch",
+            "sources[0].outbox.poll_interval",
+            "sources[1].outbox",
+        ],
+        "{err}"
+    );
+    let fine =
+        Catalog::from_yaml("sources:\n  - name: shop\n    outbox: { dsn: { secret: DSN } }\n")
+            .unwrap();
+    let outbox = fine.sources[0].outbox.as_ref().unwrap();
+    assert_eq!(outbox.table, "switchyard_outbox");
+    assert_eq!(outbox.batch, 500);
 }
