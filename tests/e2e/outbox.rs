@@ -71,7 +71,7 @@ async fn start(provider: &FakeProvider) -> (TestPostgres, Processes) {
         .unwrap();
     let stack = Processes::start_with_env(
         &catalog(provider.url()),
-        &["ingest", "transform", "delivery"],
+        &["ingest", "transform", "delivery", "control"],
         &[
             ("OUTBOX_DSN", &postgres.dsn()),
             ("SWITCHYARD__INGEST__POLL_LEASE_TTL", "2s"),
@@ -130,6 +130,27 @@ async fn write(
         }
         tokio::time::sleep(pause).await;
     }
+}
+
+/// `syctl sources status -o json` against the stack's control API.
+fn sources_status(stack: &Processes) -> Value {
+    let out = std::process::Command::new(switchyard_tests::binary("syctl"))
+        .args([
+            "--server",
+            &stack.control_url(),
+            "-o",
+            "json",
+            "sources",
+            "status",
+        ])
+        .output()
+        .expect("syctl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// What the provider accepted: per writer the sequence numbers in arrival order.
@@ -257,7 +278,7 @@ async fn rows_from_eight_writers_arrive_once_each_in_order_across_a_sigkill_of_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgres_restart_mid_stream_loses_and_doubles_nothing() {
     let provider = FakeProvider::start().await;
-    let (mut postgres, _stack) = start(&provider).await;
+    let (mut postgres, stack) = start(&provider).await;
     let (writers, rows) = (4, 300);
     let written = Arc::new(AtomicUsize::new(0));
     let writing: Vec<_> = (0..writers)
@@ -276,7 +297,17 @@ async fn a_postgres_restart_mid_stream_loses_and_doubles_nothing() {
     wait_until_written(&written, 300).await;
     assert!(written.load(Ordering::Relaxed) < 1_000, "still writing");
     postgres.stop().await.unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Operators see why the source is not being read.
+    let status = eventually(Duration::from_secs(15), "the outage reported", || async {
+        let status = sources_status(&stack);
+        let error = status[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        (!error.is_empty()).then_some(error)
+    })
+    .await;
+    assert!(status.contains("PostgreSQL"), "{status}");
     postgres.resume().await.unwrap();
     for writer in writing {
         writer.await.unwrap();
@@ -456,4 +487,15 @@ async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
         0,
         "dead-lettered rows are deleted too"
     );
+
+    // Operators see the reader: active, nothing waiting, a recent read, no error.
+    let status = eventually(Duration::from_secs(20), "an active reader", || async {
+        let status = sources_status(&stack);
+        (status[0]["active"] == true && status[0]["rows_waiting"] == 0).then_some(status)
+    })
+    .await;
+    assert_eq!(status[0]["source"], "shop");
+    assert_eq!(status[0]["kind"], "outbox");
+    assert!(status[0]["last_read"].is_string(), "{status}");
+    assert_eq!(status[0]["last_error"], "", "{status}");
 }

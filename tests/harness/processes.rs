@@ -174,6 +174,11 @@ impl Processes {
         Ok(command.spawn()?)
     }
 
+    /// Where control's gRPC API listens, e.g. `http://127.0.0.1:41235`.
+    pub fn control_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.control_port)
+    }
+
     /// The running processes.
     pub fn services(&self) -> &[Process] {
         &self.services

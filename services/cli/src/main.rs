@@ -21,6 +21,7 @@ mod output;
 mod progress;
 mod providers;
 mod replay;
+mod sources;
 mod stats;
 mod suggest;
 
@@ -102,6 +103,9 @@ enum Command {
     Keys(keys::KeysCommand),
     /// Re-run stored events through the current routes and mapping versions.
     Replay(replay::ReplayArgs),
+    /// How ingest reads the sources it reads itself (outbox tables).
+    #[command(subcommand)]
+    Sources(sources::SourcesCommand),
     /// The outbox table an outbox source reads (offline).
     #[command(subcommand)]
     Outbox(outbox::OutboxCommand),
@@ -143,6 +147,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         Command::Providers(command) => providers::run(command, remote.connect().await?).await,
         Command::Keys(command) => keys::run(command),
         Command::Replay(args) => replay::run(args, remote.connect().await?, format).await,
+        Command::Sources(command) => sources::run(command, remote.connect().await?).await,
         Command::Outbox(command) => outbox::run(command),
     }
 }

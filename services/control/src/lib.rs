@@ -13,6 +13,7 @@ mod events;
 mod mapping;
 mod provider;
 mod replay;
+mod source;
 mod stats;
 
 use switchyard_core::{
@@ -25,7 +26,8 @@ use crate::auth::Authenticate;
 
 pub use crate::{
     catalog::CatalogApi, dead_letters::DeadLetterApi, error::ApiError, events::EventApi,
-    mapping::MappingApi, provider::ProviderApi, replay::ReplayApi, stats::StatsApi,
+    mapping::MappingApi, provider::ProviderApi, replay::ReplayApi, source::SourceApi,
+    stats::StatsApi,
 };
 
 use switchyard_proto as proto;
@@ -95,6 +97,9 @@ pub async fn run(
     health
         .set_serving::<proto::stats_service_server::StatsServiceServer<StatsApi>>()
         .await;
+    health
+        .set_serving::<proto::source_service_server::SourceServiceServer<SourceApi>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -159,6 +164,12 @@ pub async fn run(
         .add_service(
             proto::event_service_server::EventServiceServer::with_interceptor(
                 EventApi::new(nats.jetstream.clone(), store.clone()),
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::source_service_server::SourceServiceServer::with_interceptor(
+                SourceApi::new(store.clone(), nats.clone()),
                 authenticate.clone(),
             ),
         )

@@ -7,6 +7,8 @@
 //!   active process on every transition and read by the next one.
 //! - The active process answers requests on [`control_subject`]: its live status, and
 //!   a breaker reset (which it applies, records and persists).
+//! - Likewise the ingest replica reading a source's outbox answers on
+//!   [`source_subject`] with the source's [`SourceStatus`].
 
 use serde::{Deserialize, Serialize};
 
@@ -96,4 +98,25 @@ pub struct LiveStatus {
 /// The subject the active delivery process of `provider` answers [`Command`]s on.
 pub fn control_subject(provider: &str) -> String {
     format!("switchyard.control.delivery.{provider}")
+}
+
+/// What the active reader of a source that ingest reads itself (an outbox table)
+/// knows, answered on [`source_subject`] while it holds the source's lease.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceStatus {
+    /// The replica's instance name.
+    pub instance: String,
+    /// `outbox`.
+    pub kind: String,
+    /// Rows waiting in the table at the last count.
+    pub rows_waiting: Option<u64>,
+    /// When the table was last read (RFC 3339).
+    pub last_read_at: Option<String>,
+    /// Why the last read failed, and the fix when it is the configuration.
+    pub last_error: Option<String>,
+}
+
+/// The subject the active reader of `source` answers status requests on.
+pub fn source_subject(source: &str) -> String {
+    format!("switchyard.control.source.{source}")
 }

@@ -25,8 +25,9 @@ use switchyard_core::{
     catalog::{ClientTls, Outbox, quote_table, validate_event_type},
     config::Settings,
     contract::Violation,
-    headers, lease,
+    event, headers, lease,
     metrics::{self, SourceLabels},
+    operator::{self, SourceStatus},
     outbound::{Guard, Refused},
     secrets::{ExposeSecret, SecretSource},
     shutdown::Shutdown,
@@ -226,8 +227,9 @@ impl Fault {
     fn of(err: &tokio_postgres::Error, doing: &str, config: &Outbox) -> Self {
         let Some(db) = err.as_db_error() else {
             let why = match std::error::Error::source(err) {
-                Some(cause) => format!("{doing}: {err}: {cause}"),
-                None => format!("{doing}: {err}"),
+                _ if err.is_closed() => format!("{doing}: the connection to PostgreSQL was closed"),
+                Some(cause) => format!("{doing}: PostgreSQL: {err}: {cause}"),
+                None => format!("{doing}: PostgreSQL: {err}"),
             };
             return Self::Away(why);
         };
@@ -277,6 +279,11 @@ pub fn start(state: Arc<Ingest>, settings: &Settings, shutdown: &Shutdown) {
                 source,
                 setup,
                 stop,
+                status: std::sync::Mutex::new(SourceStatus {
+                    instance: instance.clone(),
+                    kind: "outbox".into(),
+                    ..SourceStatus::default()
+                }),
             };
             reader.run(&instance, ttl).await
         },
@@ -410,6 +417,8 @@ struct Reader {
     labels: SourceLabels,
     setup: Arc<OutboxSetup>,
     stop: Shutdown,
+    /// What operators are told while this replica reads.
+    status: std::sync::Mutex<SourceStatus>,
 }
 
 /// One row read from the outbox.
@@ -441,7 +450,11 @@ impl Reader {
                 held.keep(&active).await;
                 active.trigger();
             };
-            tokio::join!(keep, self.read_while(&active));
+            tokio::join!(
+                keep,
+                self.read_while(&active),
+                self.answer_operators(&active)
+            );
             if self.stop.is_shutting_down() {
                 held.release().await;
                 return Ok(());
@@ -453,12 +466,49 @@ impl Reader {
         }
     }
 
+    /// Answers the control API's status requests while this replica reads.
+    async fn answer_operators(&self, active: &Shutdown) {
+        let client = &self.state.nats.client;
+        let mut requests = match client
+            .subscribe(operator::source_subject(&self.source))
+            .await
+        {
+            Ok(requests) => requests,
+            Err(err) => {
+                tracing::warn!(source = self.source, error = %err, "cannot answer operator requests");
+                return;
+            }
+        };
+        loop {
+            let request = tokio::select! {
+                () = active.cancelled() => break,
+                request = requests.next() => request,
+            };
+            let Some(request) = request else { break };
+            let Some(reply) = request.reply else { continue };
+            let status = self.status.lock().expect("status lock").clone();
+            let status = serde_json::to_vec(&status).expect("status serializes");
+            if let Err(err) = client.publish(reply, status.into()).await {
+                tracing::warn!(source = self.source, error = %err, "operator answer not sent");
+            }
+        }
+        let _ = requests.unsubscribe().await;
+    }
+
+    fn note(&self, change: impl FnOnce(&mut SourceStatus)) {
+        change(&mut self.status.lock().expect("status lock"));
+    }
+
     /// Reads in sessions (one connection each) until `active` ends, backing off after
     /// each failed one.
     async fn read_while(&self, active: &Shutdown) {
         let mut backoff = Duration::from_millis(250);
         while !active.is_shutting_down() {
-            match self.session(active, &mut backoff).await {
+            let ended = self.session(active, &mut backoff).await;
+            if let Err(fault) = &ended {
+                self.note(|status| status.last_error = Some(fault.to_string()));
+            }
+            match ended {
                 Ok(()) => {}
                 Err(Fault::Away(why)) => {
                     tracing::warn!(
@@ -537,11 +587,13 @@ impl Reader {
                     .await
                     .map_err(fault("deleting published rows"))?;
             }
+            let now = time::OffsetDateTime::now_utc();
             let metrics = metrics::metrics();
             metrics
                 .source_last_read
                 .get_or_create(&self.labels)
-                .set(time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9);
+                .set(now.unix_timestamp_nanos() as f64 / 1e9);
+            self.note(|status| status.last_read_at = Some(event::rfc3339(now)));
             if counted.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
                 let waiting: i64 = client
                     .query_one(&count, &[])
@@ -552,12 +604,14 @@ impl Reader {
                     .source_rows_waiting
                     .get_or_create(&self.labels)
                     .set(waiting);
+                self.note(|status| status.rows_waiting = u64::try_from(waiting).ok());
                 counted = Some(tokio::time::Instant::now());
             }
             if let Some(why) = failed {
                 return Err(Fault::Away(why));
             }
             *backoff = Duration::from_millis(250);
+            self.note(|status| status.last_error = None);
             if read < config.batch as usize {
                 tokio::select! {
                     () = wake.notified() => {}
