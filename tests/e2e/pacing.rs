@@ -109,12 +109,13 @@ async fn retry_after_pauses_the_whole_provider_without_spending_the_retry_budget
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rate_limit_headers_slow_sending_before_a_429_is_needed() {
-    // The provider allows 3 requests per 2-second period and says so on every answer;
-    // it answers 429 to anything beyond.
-    let state = Arc::new(Mutex::new((Instant::now(), 0u32)));
+    // The provider allows 3 requests per 2-second period, the first starting with the
+    // first request, and says so on every answer; it answers 429 to anything beyond.
+    let state: Arc<Mutex<Option<(Instant, u32)>>> = Arc::new(Mutex::new(None));
     let provider = FakeProvider::with(move |_| {
         let mut state = state.lock().unwrap();
         let now = Instant::now();
+        let state = state.get_or_insert((now, 0));
         if now.duration_since(state.0) >= Duration::from_secs(2) {
             *state = (now, 0);
         }
