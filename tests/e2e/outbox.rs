@@ -358,6 +358,11 @@ async fn a_row_committed_after_a_higher_id_is_not_skipped() {
 
 /// Starts ingest alone on `catalog` and returns what it printed when it exited.
 async fn ingest_refuses(catalog: &str, dsn: &str) -> String {
+    ingest_refuses_with(catalog, &[("OUTBOX_DSN", dsn)]).await
+}
+
+/// [`ingest_refuses`] with these variables (the secrets) in its environment.
+async fn ingest_refuses_with(catalog: &str, env: &[(&str, &str)]) -> String {
     let nats = switchyard_tests::TestNats::start().await.unwrap();
     let settings = switchyard_tests::Pipeline::settings(nats.url());
     switchyard_tests::Pipeline::prepare(&settings, catalog)
@@ -365,7 +370,7 @@ async fn ingest_refuses(catalog: &str, dsn: &str) -> String {
         .unwrap();
     let mut command = switchyard_tests::service("switchyard-ingest", &settings);
     command
-        .env("OUTBOX_DSN", dsn)
+        .envs(env.iter().copied())
         .env("SWITCHYARD__INGEST__LISTEN", "127.0.0.1:0");
     let out = tokio::time::timeout(Duration::from_secs(30), command.output())
         .await
@@ -498,4 +503,71 @@ async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
     assert_eq!(status[0]["kind"], "outbox");
     assert!(status[0]["last_read"].is_string(), "{status}");
     assert_eq!(status[0]["last_error"], "", "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rows_arrive_over_tls_to_postgres_verified_against_the_catalog_ca() {
+    let pki = switchyard_tests::pki::Pki::new();
+    let postgres = TestPostgres::start_tls(&pki).await.unwrap();
+    let admin = postgres.client().await.unwrap();
+    admin.batch_execute(&outbox_ddl()).await.unwrap();
+    admin
+        .batch_execute("GRANT SELECT, DELETE ON switchyard_outbox TO tls_user")
+        .await
+        .unwrap();
+    let provider = FakeProvider::start().await;
+    let catalog = catalog(provider.url()).replace(
+        "outbox: { dsn: { secret: OUTBOX_DSN }, batch: 200, poll_interval: 500ms }",
+        "outbox: { dsn: { secret: OUTBOX_DSN }, tls: { ca: { secret: PG_CA } } }",
+    );
+    // tls_user may connect only over TLS: without it, PostgreSQL refuses.
+    let dsn = postgres.dsn().replace("user=postgres", "user=tls_user");
+    let plain = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await;
+    assert!(plain.is_err(), "the server refuses tls_user without TLS");
+    // A server certificate the catalog's CA did not issue stops ingest at start.
+    let other = switchyard_tests::pki::Pki::new();
+    let text = ingest_refuses_with(
+        &catalog,
+        &[
+            ("OUTBOX_DSN", &format!("{dsn} sslmode=require")),
+            ("PG_CA", &other.ca_pem),
+        ],
+    )
+    .await;
+    assert!(
+        text.contains("source shop") && text.contains("TLS failed") && text.contains("outbox.tls"),
+        "{text}"
+    );
+    let _stack = Processes::start_with_env(
+        &catalog,
+        &["ingest", "transform", "delivery"],
+        &[
+            ("OUTBOX_DSN", &format!("{dsn} sslmode=require")),
+            ("PG_CA", &pki.ca_pem),
+        ],
+    )
+    .await
+    .unwrap();
+    for seq in 0..20 {
+        let payload = json!({"id": format!("t-{seq}"), "writer": "tls", "seq": seq});
+        admin
+            .execute(
+                "INSERT INTO switchyard_outbox (event_type, payload) VALUES ('order.created', $1)",
+                &[&payload],
+            )
+            .await
+            .unwrap();
+    }
+    wait_for(&provider, 20, Duration::from_secs(30)).await;
+    assert_once_in_order(&provider, 1, 20);
+    let over_tls: bool = admin
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.usename = 'tls_user'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(over_tls, "ingest's connection uses TLS");
 }

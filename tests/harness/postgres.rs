@@ -21,6 +21,7 @@ pub struct TestPostgres {
     bin: PathBuf,
     owner: Option<(u32, u32)>,
     server: Option<Child>,
+    tls: bool,
 }
 
 /// Where the server binaries are: `PG_BINDIR`, or the newest
@@ -64,6 +65,17 @@ fn owner() -> anyhow::Result<Option<(u32, u32)>> {
 impl TestPostgres {
     /// Makes a cluster and starts it.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::make(None).await
+    }
+
+    /// Like [`TestPostgres::start`], with TLS on (the server certificate of `pki`) and
+    /// a role `tls_user` that may connect only over TLS; the superuser still connects
+    /// without.
+    pub async fn start_tls(pki: &crate::pki::Pki) -> anyhow::Result<Self> {
+        Self::make(Some(pki)).await
+    }
+
+    async fn make(pki: Option<&crate::pki::Pki>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let owner = owner()?;
         if let Some((uid, gid)) = owner {
@@ -75,6 +87,7 @@ impl TestPostgres {
             bin: bindir()?,
             owner,
             server: None,
+            tls: pki.is_some(),
         };
         let status = postgres
             .command("initdb")
@@ -86,7 +99,36 @@ impl TestPostgres {
             .await
             .context("initdb")?;
         anyhow::ensure!(status.success(), "initdb failed: {status}");
+        if let Some(pki) = pki {
+            let data = postgres.data();
+            std::fs::write(data.join("server.crt"), &pki.server.cert_pem)?;
+            std::fs::write(data.join("server.key"), &pki.server.key_pem)?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostnossl all tls_user 127.0.0.1/32 reject\n\
+                 hostssl all tls_user 127.0.0.1/32 trust\n\
+                 host all all 127.0.0.1/32 trust\n",
+            )?;
+            for file in ["server.crt", "server.key", "pg_hba.conf"] {
+                let path = data.join(file);
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )?;
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+                }
+            }
+        }
         postgres.resume().await?;
+        if pki.is_some() {
+            postgres
+                .client()
+                .await?
+                .batch_execute("CREATE ROLE tls_user LOGIN")
+                .await?;
+        }
         Ok(postgres)
     }
 
@@ -140,6 +182,7 @@ impl TestPostgres {
             .args(["-c", "wal_level=logical"])
             .args(["-c", "max_wal_senders=10", "-c", "max_replication_slots=10"])
             .args(["-c", "fsync=off", "-c", "log_min_messages=warning"])
+            .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

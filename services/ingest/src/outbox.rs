@@ -226,6 +226,16 @@ impl Fault {
     /// missing table or grant are configuration; everything else is an outage.
     fn of(err: &tokio_postgres::Error, doing: &str, config: &Outbox) -> Self {
         let Some(db) = err.as_db_error() else {
+            // A certificate PostgreSQL's side or ours refused is configuration too.
+            let mut cause = std::error::Error::source(err);
+            while let Some(inner) = cause {
+                if let Some(tls) = tls_error(inner) {
+                    return Self::Config(format!(
+                        "{doing}: TLS failed: {tls}; check outbox.tls (ca, client_cert, client_key) and the DSN's host"
+                    ));
+                }
+                cause = inner.source();
+            }
             let why = match std::error::Error::source(err) {
                 _ if err.is_closed() => format!("{doing}: the connection to PostgreSQL was closed"),
                 Some(cause) => format!("{doing}: PostgreSQL: {err}: {cause}"),
@@ -258,6 +268,16 @@ impl Fault {
         };
         Self::Config(format!("{doing}: {}; {fix}", db.message()))
     }
+}
+
+/// The rustls error in `err`, also inside an I/O error.
+fn tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    err.downcast_ref::<std::io::Error>()?
+        .get_ref()?
+        .downcast_ref::<rustls::Error>()
 }
 
 /// Starts a reader for every outbox source and keeps the set current.
