@@ -499,6 +499,15 @@ async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
         )
         .await
         .unwrap();
+    // A payload larger than a NATS message can carry (1 MiB by default).
+    let huge = json!({"writer": "bad", "seq": 2, "blob": "x".repeat(1_100_000)});
+    client
+        .execute(
+            "INSERT INTO switchyard_outbox (event_type, payload) VALUES ('order.created', $1)",
+            &[&huge],
+        )
+        .await
+        .unwrap();
     wait_for(&provider, 1, Duration::from_secs(30)).await;
     let arrived = provider.accepted()[0].json();
     assert_eq!(arrived["writer"], "good");
@@ -519,13 +528,13 @@ async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
         .await
         .unwrap();
     let subject = switchyard_core::topology::source_dlq_subject("shop");
-    eventually(Duration::from_secs(10), "two dead letters", || async {
+    eventually(Duration::from_secs(10), "three dead letters", || async {
         let info = dlq.get_info().await.ok()?;
-        (info.state.messages == 2).then_some(())
+        (info.state.messages == 3).then_some(())
     })
     .await;
     let mut reasons = Vec::new();
-    for sequence in 1..=2 {
+    for sequence in 1..=3 {
         let message = dlq.get_raw_message(sequence).await.unwrap();
         assert_eq!(message.subject.as_str(), subject);
         let headers = message.headers;
@@ -542,6 +551,10 @@ async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
     );
     assert!(
         reasons[1].contains("/idempotency_key") && reasons[1].contains("row 2"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("/payload") && reasons[2].contains("row 4"),
         "{reasons:?}"
     );
     assert_eq!(

@@ -47,6 +47,8 @@ use crate::{
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a connection attempt may take when the DSN sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Room kept for an event's headers within the server's `max_payload`.
+const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// How often the rows waiting are counted at most.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
@@ -655,15 +657,28 @@ impl Reader {
         };
         let (state, revision) = (&self.state, sources.revision);
         let deadline = tokio::time::Instant::now() + state.publish_timeout;
+        // Room left for the headers in the server's largest message.
+        let max_body = state
+            .nats
+            .client
+            .server_info()
+            .max_payload
+            .saturating_sub(MAX_HEADER_BYTES);
         let mut sent: Vec<(i64, Result<Pending, String>)> = Vec::with_capacity(rows.len());
         for row in rows {
-            let event = prepare(&ready, &row);
+            let event = prepare(&ready, &row, max_body);
             let key = event.key.unwrap_or_else(|| format!("outbox:{}", row.id));
+            // Dead-lettered for its size, it goes without its body.
+            let body = if row.payload.len() > max_body {
+                bytes::Bytes::new()
+            } else {
+                bytes::Bytes::from(row.payload)
+            };
             let outgoing = Outgoing {
                 source: &self.source,
                 event_type: &event.event_type,
                 key: Some(&key),
-                body: bytes::Bytes::from(row.payload),
+                body,
                 revision,
                 violations: event.violations,
             };
@@ -700,7 +715,7 @@ struct Prepared {
     violations: Option<Vec<Violation>>,
 }
 
-fn prepare(ready: &Ready, row: &Row) -> Prepared {
+fn prepare(ready: &Ready, row: &Row, max_body: usize) -> Prepared {
     let violation = |path: &str, message: String| {
         Some(vec![Violation {
             path: path.to_owned(),
@@ -713,6 +728,20 @@ fn prepare(ready: &Ready, row: &Row) -> Prepared {
             event_type: "invalid".into(),
             key,
             violations: violation("/event_type", format!("row {}: {err}", row.id)),
+        };
+    }
+    if row.payload.len() > max_body {
+        return Prepared {
+            event_type: row.event_type.clone(),
+            key,
+            violations: violation(
+                "/payload",
+                format!(
+                    "row {}: {} bytes, more than the {max_body} a NATS message can carry",
+                    row.id,
+                    row.payload.len()
+                ),
+            ),
         };
     }
     if row.key.is_some() && key.is_none() {
