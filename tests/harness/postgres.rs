@@ -1,5 +1,6 @@
 //! A real PostgreSQL server for the database sources: Debian's `postgresql` package,
-//! `initdb` into a temporary directory, `wal_level=logical`, on a free loopback port.
+//! `initdb` into a temporary directory, `wal_level=logical` (unless a test wants
+//! otherwise), on a free loopback port.
 //! As root (CI) the server runs as the `postgres` user, which PostgreSQL insists on.
 
 use std::{
@@ -22,6 +23,7 @@ pub struct TestPostgres {
     owner: Option<(u32, u32)>,
     server: Option<Child>,
     tls: bool,
+    wal_level: &'static str,
 }
 
 /// Where the server binaries are: `PG_BINDIR`, or the newest
@@ -65,17 +67,23 @@ fn owner() -> anyhow::Result<Option<(u32, u32)>> {
 impl TestPostgres {
     /// Makes a cluster and starts it.
     pub async fn start() -> anyhow::Result<Self> {
-        Self::make(None).await
+        Self::make(None, "logical").await
+    }
+
+    /// Like [`TestPostgres::start`] with `wal_level=replica`, which logical
+    /// replication refuses.
+    pub async fn start_without_logical_wal() -> anyhow::Result<Self> {
+        Self::make(None, "replica").await
     }
 
     /// Like [`TestPostgres::start`], with TLS on (the server certificate of `pki`) and
     /// a role `tls_user` that may connect only over TLS; the superuser still connects
     /// without.
     pub async fn start_tls(pki: &crate::pki::Pki) -> anyhow::Result<Self> {
-        Self::make(Some(pki)).await
+        Self::make(Some(pki), "logical").await
     }
 
-    async fn make(pki: Option<&crate::pki::Pki>) -> anyhow::Result<Self> {
+    async fn make(pki: Option<&crate::pki::Pki>, wal_level: &'static str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let owner = owner()?;
         if let Some((uid, gid)) = owner {
@@ -88,6 +96,7 @@ impl TestPostgres {
             owner,
             server: None,
             tls: pki.is_some(),
+            wal_level,
         };
         let status = postgres
             .command("initdb")
@@ -179,7 +188,8 @@ impl TestPostgres {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .arg("-c")
             .arg(format!("unix_socket_directories={}", socket_dir.display()))
-            .args(["-c", "wal_level=logical"])
+            .arg("-c")
+            .arg(format!("wal_level={}", self.wal_level))
             .args(["-c", "max_wal_senders=10", "-c", "max_replication_slots=10"])
             .args(["-c", "fsync=off", "-c", "log_min_messages=warning"])
             .args(["-c", if self.tls { "ssl=on" } else { "ssl=off" }])

@@ -43,8 +43,8 @@ pub async fn run(command: SourcesCommand, connection: Connection) -> Result<Outp
     };
     let mut text = Text::default();
     text.line(format_args!(
-        "{:<20} {:<8} {:<8} {:>12}  {:<20}  LAST ERROR",
-        "SOURCE", "KIND", "ACTIVE", "ROWS WAITING", "LAST READ"
+        "{:<20} {:<8} {:<8} {:>12} {:>12}  {:<20}  LAST ERROR",
+        "SOURCE", "KIND", "ACTIVE", "ROWS WAITING", "BYTES BEHIND", "LAST READ"
     ));
     for status in &statuses {
         text.line(format_args!(
@@ -78,6 +78,7 @@ fn to_json(status: &SourceStatus) -> Value {
         "active": status.active,
         "instance": status.instance,
         "rows_waiting": status.rows_waiting,
+        "bytes_behind": status.bytes_behind,
         "last_read": rfc3339(status.last_read.as_ref()),
         "last_error": status.last_error,
     })

@@ -1,5 +1,5 @@
 //! `switchyard.v1.SourceService`: how ingest reads the sources it reads itself (outbox
-//! tables), from a request to the replica holding the source's lease; a source nobody
+//! tables, CDC slots), from a request to the replica holding the source's lease; a source nobody
 //! answers for is shown as inactive.
 
 use std::time::Duration;
@@ -42,6 +42,8 @@ impl SourceApi {
     async fn status(&self, source: &Source) -> proto::SourceStatus {
         let kind = if source.outbox.is_some() {
             "outbox"
+        } else if source.cdc.is_some() {
+            "cdc"
         } else {
             ""
         };
@@ -66,6 +68,7 @@ impl SourceApi {
             status.active = true;
             status.instance = live.instance;
             status.rows_waiting = live.rows_waiting.unwrap_or_default();
+            status.bytes_behind = live.bytes_behind.unwrap_or_default();
             status.last_read = live
                 .last_read_at
                 .as_deref()
@@ -105,7 +108,7 @@ impl SourceService for SourceApi {
                 .catalog
                 .sources
                 .iter()
-                .filter(|source| source.outbox.is_some()),
+                .filter(|source| source.outbox.is_some() || source.cdc.is_some()),
         )
         .then(|source| async move { Ok::<_, Status>(self.status(source).await) })
         .try_collect()

@@ -139,6 +139,8 @@ pub struct Metrics {
     pub events_published: Family<SourceLabels, Counter>,
     /// Rows waiting in a source's outbox table (at its last count).
     pub source_rows_waiting: Family<SourceLabels, Gauge>,
+    /// Bytes of WAL a CDC source's slot is behind the server's current position.
+    pub source_bytes_behind: Family<SourceLabels, Gauge>,
     /// Unix time a database source last read its table, whether or not it found rows.
     pub source_last_read: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     /// Transform results per route and outcome.
@@ -262,9 +264,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Rows waiting in a source's outbox table, at its last count",
         Family::<SourceLabels, Gauge>::default(),
     );
+    let source_bytes_behind = metrics.add(
+        "ingest_source_bytes_behind",
+        "Bytes of WAL a CDC source's replication slot is behind",
+        Family::<SourceLabels, Gauge>::default(),
+    );
     let source_last_read = metrics.add(
         "ingest_source_last_read_timestamp_seconds",
-        "Unix time a database source last read its table",
+        "Unix time a database source last read its table or its changes",
         Family::<SourceLabels, Gauge<f64, AtomicU64>>::default(),
     );
     let transform_results = metrics.add(
@@ -315,6 +322,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         ingest_requests,
         events_published,
         source_rows_waiting,
+        source_bytes_behind,
         source_last_read,
         transform_results,
         mapping_duration,

@@ -106,10 +106,13 @@ pub fn control_subject(provider: &str) -> String {
 pub struct SourceStatus {
     /// The replica's instance name.
     pub instance: String,
-    /// `outbox`.
+    /// `outbox` or `cdc`.
     pub kind: String,
-    /// Rows waiting in the table at the last count.
+    /// Rows waiting in the table at the last count (outbox).
     pub rows_waiting: Option<u64>,
+    /// Bytes of WAL the slot's confirmed position is behind (CDC).
+    #[serde(default)]
+    pub bytes_behind: Option<u64>,
     /// When the table was last read (RFC 3339).
     pub last_read_at: Option<String>,
     /// Why the last read failed, and the fix when it is the configuration.

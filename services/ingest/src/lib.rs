@@ -11,12 +11,16 @@
 #![forbid(unsafe_code)]
 
 mod batch;
+mod cdc;
 mod observe;
 mod outbox;
+mod pgoutput;
 mod poll;
+mod postgres;
 mod problem;
 mod publish;
 mod readers;
+mod replication;
 mod sources;
 mod verify;
 
@@ -102,8 +106,10 @@ pub async fn run(
     outbox::check_at_start(&state)
         .await
         .map_err(Error::Source)?;
+    cdc::check_at_start(&state).await.map_err(Error::Source)?;
     poll::start(state.clone(), &settings, &shutdown);
     outbox::start(state.clone(), &settings, &shutdown);
+    cdc::start(state.clone(), &settings, &shutdown);
     tracing::info!(address = %listener.local_addr()?, "ingest listening");
     switchyard_core::http::serve(
         listener,

@@ -17,27 +17,27 @@
 //! the table or a column missing, a missing grant — is logged with the fix and retried
 //! more slowly, and at start-up it stops ingest.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use serde_json::Value;
 use switchyard_core::{
-    catalog::{ClientTls, Outbox, quote_table, validate_event_type},
+    catalog::{Outbox, quote_table, validate_event_type},
     config::Settings,
     contract::Violation,
     event, headers, lease,
     metrics::{self, SourceLabels},
-    operator::{self, SourceStatus},
-    outbound::{Guard, Refused},
-    secrets::{ExposeSecret, SecretSource},
+    operator::SourceStatus,
+    outbound::Guard,
+    secrets::SecretSource,
     shutdown::Shutdown,
 };
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, config::Host, error::SqlState};
+use tokio_postgres::{Client, error::SqlState};
 use tracing::Instrument;
 
 use crate::{
     Ingest, is_valid_key,
+    postgres::{Database, Fault},
     publish::{Outgoing, Pending, send},
     readers,
     sources::{self, Ready},
@@ -45,241 +45,62 @@ use crate::{
 
 /// Longest wait between attempts to reach PostgreSQL.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// How long a connection attempt may take when the DSN sets no `connect_timeout`.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room kept for an event's headers within the server's `max_payload`.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// How often the rows waiting are counted at most.
 const COUNT_EVERY: Duration = Duration::from_secs(1);
 
-/// An outbox source's settings with its connection settings and TLS ready.
+/// An outbox source's settings with its database ready.
 pub struct OutboxSetup {
     /// The settings.
     pub config: Outbox,
-    pg: tokio_postgres::Config,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
-    guard: Guard,
+    database: Database,
 }
 
 impl OutboxSetup {
-    /// Reads the DSN secret and prepares TLS; errors name the source and the field.
+    /// Reads the DSN secret and prepares TLS; errors name the field.
     pub(crate) fn new(
         source: &str,
         outbox: &Outbox,
         secrets: &SecretSource,
         guard: &Guard,
     ) -> Result<Self, String> {
-        let dsn = secrets
-            .read(&outbox.dsn.secret)
-            .map_err(|err| format!("outbox.dsn: {err}"))?;
-        // The parse error may quote the DSN (and its password): say only where it is.
-        let mut pg = tokio_postgres::Config::from_str(dsn.expose_secret()).map_err(|_| {
-            format!(
-                "outbox.dsn: the secret {} is not a PostgreSQL connection string (host=… dbname=… or postgres://user@host/db)",
-                outbox.dsn.secret
-            )
-        })?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if pg.get_application_name().is_none() {
-            pg.application_name(format!("switchyard-ingest {source}"));
-        }
-        pg.keepalives_idle(Duration::from_secs(30));
-        let tls = tls_config(outbox.tls.as_ref(), secrets)?;
         Ok(Self {
             config: outbox.clone(),
-            pg,
-            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
-            guard: guard.clone(),
+            database: Database::new(
+                source,
+                "outbox",
+                &outbox.dsn,
+                outbox.tls.as_ref(),
+                secrets,
+                guard,
+            )?,
         })
     }
 
-    /// The connection settings with each host resolved to an address the outbound
-    /// guard permits (the connection goes to that address; TLS still checks the name).
-    async fn guarded(&self) -> Result<tokio_postgres::Config, Fault> {
-        let mut pg = self.pg.clone();
-        if !pg.get_hostaddrs().is_empty() {
-            for address in pg.get_hostaddrs() {
-                self.guard.check(*address).map_err(refused)?;
-            }
-            return Ok(pg);
-        }
-        let ports = self.pg.get_ports();
-        for (i, host) in self.pg.get_hosts().iter().enumerate() {
-            let address = match host {
-                Host::Tcp(name) => {
-                    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-                    let found: Vec<std::net::SocketAddr> =
-                        tokio::net::lookup_host((name.as_str(), port))
-                            .await
-                            .map_err(|err| Fault::Away(format!("resolving {name}: {err}")))?
-                            .collect();
-                    let mut refusal = None;
-                    let permitted = found.iter().map(std::net::SocketAddr::ip).find(|ip| {
-                        self.guard
-                            .check(*ip)
-                            .map_err(|err| refusal.get_or_insert(err).to_string())
-                            .is_ok()
-                    });
-                    match (permitted, refusal) {
-                        (Some(ip), _) => ip,
-                        (None, Some(refusal)) => return Err(refused(refusal)),
-                        (None, None) => {
-                            return Err(Fault::Away(format!("{name} has no address")));
-                        }
-                    }
-                }
-                // A socket on this machine: allowed where loopback is.
-                #[cfg(unix)]
-                Host::Unix(_) => {
-                    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
-                    self.guard.check(loopback).map_err(refused)?;
-                    continue;
-                }
-            };
-            pg.hostaddr(address);
-        }
-        Ok(pg)
+    /// Connects, and is woken by the table's notifications.
+    async fn connect(&self) -> Result<(Client, Arc<Notify>), Fault> {
+        self.database.connect(&|code| self.hint(code)).await
     }
-}
 
-fn refused(refusal: Refused) -> Fault {
-    Fault::Config(format!(
-        "connecting to PostgreSQL: {refusal}; add its range to outbound.allow"
-    ))
-}
-
-/// TLS to PostgreSQL: the public roots and the catalog's extra ones, and a client
-/// certificate when given. Used only when the DSN's `sslmode` asks for TLS.
-fn tls_config(
-    tls: Option<&ClientTls>,
-    secrets: &SecretSource,
-) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let unusable = |field: &str, name: &str, what: &str| {
-        format!("outbox.tls.{field}: secret {name} is not {what}")
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = tls.and_then(|tls| tls.ca.as_ref()) {
-        let pem = secrets
-            .read(&ca.secret)
-            .map_err(|err| format!("outbox.tls.ca: {err}"))?;
-        let certificates: Vec<CertificateDer> =
-            CertificateDer::pem_slice_iter(pem.expose_secret().as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|_| unusable("ca", &ca.secret, "a PEM certificate"))?;
-        if certificates.is_empty() {
-            return Err(unusable("ca", &ca.secret, "a PEM certificate"));
-        }
-        for certificate in certificates {
-            roots
-                .add(certificate)
-                .map_err(|_| unusable("ca", &ca.secret, "a usable CA certificate"))?;
-        }
+    /// Sorts a PostgreSQL error into an outage or a configuration fault with its fix.
+    fn fault(&self, err: &tokio_postgres::Error, doing: &str) -> Fault {
+        self.database.fault(err, doing, &|code| self.hint(code))
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|err| format!("outbox.tls: {err}"))?
-        .with_root_certificates(roots);
-    let client_pair = tls.and_then(|tls| tls.client_cert.as_ref().zip(tls.client_key.as_ref()));
-    let Some((cert, key)) = client_pair else {
-        return Ok(builder.with_no_client_auth());
-    };
-    let chain = secrets
-        .read(&cert.secret)
-        .map_err(|err| format!("outbox.tls.client_cert: {err}"))?;
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(chain.expose_secret().as_bytes())
-            .collect::<Result<_, _>>()
-            .ok()
-            .filter(|chain: &Vec<_>| !chain.is_empty())
-            .ok_or_else(|| unusable("client_cert", &cert.secret, "a PEM certificate chain"))?;
-    let private = secrets
-        .read(&key.secret)
-        .map_err(|err| format!("outbox.tls.client_key: {err}"))?;
-    let private = PrivateKeyDer::from_pem_slice(private.expose_secret().as_bytes())
-        .map_err(|_| unusable("client_key", &key.secret, "a PEM private key"))?;
-    builder
-        .with_client_auth_cert(chain, private)
-        .map_err(|_| unusable("client_key", &key.secret, "the key of client_cert"))
-}
 
-/// Why reading stopped: PostgreSQL or NATS is away (reconnect soon), or the source is
-/// configured wrong (say how to fix it; try again later).
-#[derive(Debug)]
-pub(crate) enum Fault {
-    Away(String),
-    Config(String),
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Away(why) | Self::Config(why) => f.write_str(why),
-        }
-    }
-}
-
-impl Fault {
-    /// Classifies a PostgreSQL error: refused credentials, an unknown database, a
-    /// missing table or grant are configuration; everything else is an outage.
-    fn of(err: &tokio_postgres::Error, doing: &str, config: &Outbox) -> Self {
-        let Some(db) = err.as_db_error() else {
-            // A certificate PostgreSQL's side or ours refused is configuration too.
-            let mut cause = std::error::Error::source(err);
-            while let Some(inner) = cause {
-                if let Some(tls) = tls_error(inner) {
-                    return Self::Config(format!(
-                        "{doing}: TLS failed: {tls}; check outbox.tls (ca, client_cert, client_key) and the DSN's host"
-                    ));
-                }
-                cause = inner.source();
-            }
-            let why = match std::error::Error::source(err) {
-                _ if err.is_closed() => format!("{doing}: the connection to PostgreSQL was closed"),
-                Some(cause) => format!("{doing}: PostgreSQL: {err}: {cause}"),
-                None => format!("{doing}: PostgreSQL: {err}"),
-            };
-            return Self::Away(why);
-        };
-        let code = db.code();
-        let fix = if *code == SqlState::INVALID_PASSWORD
-            || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-        {
-            format!(
-                "check the user and password in the secret {}",
-                config.dsn.secret
-            )
-        } else if *code == SqlState::INVALID_CATALOG_NAME {
-            format!(
-                "check the database name in the secret {}",
-                config.dsn.secret
-            )
-        } else if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN {
-            format!(
-                "create the table with `syctl outbox schema --table {}` (piped to psql)",
-                config.table
-            )
+    /// The fixes an outbox source has for PostgreSQL's errors.
+    fn hint(&self, code: &SqlState) -> Option<String> {
+        let table = &self.config.table;
+        if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN {
+            Some(format!(
+                "create the table with `syctl outbox schema --table {table}` (piped to psql)"
+            ))
         } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
-            format!("GRANT SELECT, DELETE ON {} TO the DSN's user", config.table)
+            Some(format!("GRANT SELECT, DELETE ON {table} TO the DSN's user"))
         } else {
-            return Self::Away(format!("{doing}: {}", db.message()));
-        };
-        Self::Config(format!("{doing}: {}; {fix}", db.message()))
+            None
+        }
     }
-}
-
-/// The rustls error in `err`, also inside an I/O error.
-fn tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-        return Some(tls);
-    }
-    err.downcast_ref::<std::io::Error>()?
-        .get_ref()?
-        .downcast_ref::<rustls::Error>()
 }
 
 /// Starts a reader for every outbox source and keeps the set current.
@@ -319,8 +140,8 @@ pub(crate) async fn check_at_start(state: &Ingest) -> Result<(), String> {
     for ready in sources.ready() {
         let Some(setup) = &ready.outbox else { continue };
         let name = &ready.config.name;
-        match connect(setup).await {
-            Ok((client, _)) => match check(&client, &setup.config).await {
+        match setup.connect().await {
+            Ok((client, _)) => match check(&client, setup).await {
                 Ok(()) => {}
                 Err(Fault::Config(why)) => return Err(format!("source {name}: {why}")),
                 Err(Fault::Away(why)) => {
@@ -340,34 +161,6 @@ pub(crate) async fn check_at_start(state: &Ingest) -> Result<(), String> {
     Ok(())
 }
 
-/// Connects; the connection's notifications wake the returned [`Notify`].
-async fn connect(setup: &OutboxSetup) -> Result<(Client, Arc<Notify>), Fault> {
-    let (client, mut connection) = setup
-        .guarded()
-        .await?
-        .connect(setup.tls.clone())
-        .await
-        .map_err(|err| Fault::of(&err, "connecting to PostgreSQL", &setup.config))?;
-    let wake = Arc::new(Notify::new());
-    let woken = wake.clone();
-    tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(AsyncMessage::Notification(_)) => woken.notify_one(),
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::debug!(error = %err, "PostgreSQL connection ended");
-                    break;
-                }
-            }
-        }
-        // Wake the reader so it finds the connection closed at once.
-        woken.notify_one();
-    });
-    Ok((client, wake))
-}
-
 /// The columns an outbox table needs, with their types; `true` when required.
 const COLUMNS: [(&str, &str, bool); 5] = [
     ("id", "bigint", true),
@@ -378,9 +171,10 @@ const COLUMNS: [(&str, &str, bool); 5] = [
 ];
 
 /// Checks that the table exists with the columns and grants the reader needs.
-async fn check(client: &Client, config: &Outbox) -> Result<(), Fault> {
+async fn check(client: &Client, setup: &OutboxSetup) -> Result<(), Fault> {
+    let config = &setup.config;
     let table = quote_table(&config.table);
-    let fault = |err: tokio_postgres::Error| Fault::of(&err, "checking the outbox table", config);
+    let fault = |err: tokio_postgres::Error| setup.fault(&err, "checking the outbox table");
     let row = client
         .query_one("SELECT to_regclass($1)::oid", &[&table])
         .await
@@ -490,31 +284,7 @@ impl Reader {
 
     /// Answers the control API's status requests while this replica reads.
     async fn answer_operators(&self, active: &Shutdown) {
-        let client = &self.state.nats.client;
-        let mut requests = match client
-            .subscribe(operator::source_subject(&self.source))
-            .await
-        {
-            Ok(requests) => requests,
-            Err(err) => {
-                tracing::warn!(source = self.source, error = %err, "cannot answer operator requests");
-                return;
-            }
-        };
-        loop {
-            let request = tokio::select! {
-                () = active.cancelled() => break,
-                request = requests.next() => request,
-            };
-            let Some(request) = request else { break };
-            let Some(reply) = request.reply else { continue };
-            let status = self.status.lock().expect("status lock").clone();
-            let status = serde_json::to_vec(&status).expect("status serializes");
-            if let Err(err) = client.publish(reply, status.into()).await {
-                tracing::warn!(source = self.source, error = %err, "operator answer not sent");
-            }
-        }
-        let _ = requests.unsubscribe().await;
+        readers::answer_status(&self.state, &self.source, &self.status, active).await;
     }
 
     fn note(&self, change: impl FnOnce(&mut SourceStatus)) {
@@ -561,9 +331,10 @@ impl Reader {
     /// `active` ends or something fails.
     async fn session(&self, active: &Shutdown, backoff: &mut Duration) -> Result<(), Fault> {
         let config = &self.setup.config;
-        let (client, wake) = connect(&self.setup).await?;
-        check(&client, config).await?;
-        let fault = |doing: &'static str| move |err| Fault::of(&err, doing, config);
+        let (client, wake) = self.setup.connect().await?;
+        check(&client, &self.setup).await?;
+        let setup = &self.setup;
+        let fault = |doing: &'static str| move |err| setup.fault(&err, doing);
         let table = quote_table(&config.table);
         client
             .batch_execute(&format!("LISTEN \"{}\"", config.channel()))

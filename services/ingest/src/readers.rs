@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 
-use switchyard_core::{config::Settings, lease, shutdown::Shutdown};
+use switchyard_core::{config::Settings, lease, operator, shutdown::Shutdown};
 
 use crate::{Ingest, sources::Ready};
 
@@ -86,4 +86,36 @@ pub(crate) fn supervise<S, Run, Fut>(
         }
         Ok::<_, std::convert::Infallible>(())
     });
+}
+
+/// Answers the control API's status requests for `source` with `status` until
+/// `active` ends (while this replica holds the source's lease).
+pub(crate) async fn answer_status(
+    state: &Ingest,
+    source: &str,
+    status: &std::sync::Mutex<operator::SourceStatus>,
+    active: &Shutdown,
+) {
+    let client = &state.nats.client;
+    let mut requests = match client.subscribe(operator::source_subject(source)).await {
+        Ok(requests) => requests,
+        Err(err) => {
+            tracing::warn!(source, error = %err, "cannot answer operator requests");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            () = active.cancelled() => break,
+            request = futures::StreamExt::next(&mut requests) => request,
+        };
+        let Some(request) = request else { break };
+        let Some(reply) = request.reply else { continue };
+        let answer = status.lock().expect("status lock").clone();
+        let answer = serde_json::to_vec(&answer).expect("status serializes");
+        if let Err(err) = client.publish(reply, answer.into()).await {
+            tracing::warn!(source, error = %err, "operator answer not sent");
+        }
+    }
+    let _ = requests.unsubscribe().await;
 }

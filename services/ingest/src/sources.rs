@@ -22,6 +22,7 @@ use switchyard_core::{
 use tokio::sync::watch;
 
 use crate::{
+    cdc::CdcSetup,
     outbox::OutboxSetup,
     verify::{ApiKeys, Verifier},
 };
@@ -45,6 +46,8 @@ pub struct Ready {
     pub poller: Option<Arc<PollSetup>>,
     /// How to read its outbox table, when it has one.
     pub outbox: Option<Arc<OutboxSetup>>,
+    /// How to read its table changes, when it is a CDC source.
+    pub cdc: Option<Arc<CdcSetup>>,
     contracts: Vec<(Vec<String>, Contract)>,
 }
 
@@ -110,6 +113,11 @@ impl Ready {
             .as_ref()
             .map(|outbox| OutboxSetup::new(&source.name, outbox, secrets, guard).map(Arc::new))
             .transpose()?;
+        let cdc = source
+            .cdc
+            .as_ref()
+            .map(|cdc| CdcSetup::new(&source.name, cdc, secrets, guard).map(Arc::new))
+            .transpose()?;
         let verifier = source
             .webhook
             .as_ref()
@@ -134,6 +142,7 @@ impl Ready {
             limiter,
             poller,
             outbox,
+            cdc,
             contracts,
         })
     }

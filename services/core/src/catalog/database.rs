@@ -1,5 +1,5 @@
 //! Sources that read the company's own PostgreSQL database: a transactional outbox
-//! table. Checked here for what can be known without the database; what needs it
+//! table, or its changes by logical replication (CDC). Checked here for what can be known without the database; what needs it
 //! (the DSN works, the table exists with its columns) is checked when ingest starts
 //! the source.
 
@@ -113,6 +113,68 @@ impl Outbox {
                 format!("{at}.poll_interval"),
                 "must be between 10ms and 1h".into(),
             );
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&format!("{at}.tls"), fail);
+        }
+    }
+}
+
+/// Every row change of some tables, read from a logical replication slot with the
+/// `pgoutput` plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cdc {
+    /// The connection string (as for [`Outbox::dsn`]); its user needs the
+    /// `REPLICATION` attribute.
+    pub dsn: SecretName,
+    /// The publication naming the tables; created `FOR TABLE` the tables when missing.
+    pub publication: String,
+    /// The replication slot; created with `pgoutput` when missing. Its confirmed
+    /// position advances only after the events are stored.
+    pub slot: String,
+    /// The tables whose changes become events, optionally schema-qualified.
+    pub tables: Vec<String>,
+    /// Extra trust roots and a client certificate for TLS to PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ClientTls>,
+}
+
+/// Whether `name` can name a publication or a replication slot: lower-case letters,
+/// digits and `_`, at most 63 (PostgreSQL's own rule for slots).
+pub fn is_slot_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl Cdc {
+    pub(super) fn validate(&self, at: &str, fail: &mut impl FnMut(String, String)) {
+        if !crate::secrets::is_valid_name(&self.dsn.secret) {
+            fail(
+                format!("{at}.dsn.secret"),
+                format!("{:?} is not a valid secret name", self.dsn.secret),
+            );
+        }
+        for (field, name) in [("publication", &self.publication), ("slot", &self.slot)] {
+            if !is_slot_name(name) {
+                fail(
+                    format!("{at}.{field}"),
+                    format!("{name:?} must be lower-case letters, digits and _ (at most 63)"),
+                );
+            }
+        }
+        if self.tables.is_empty() {
+            fail(format!("{at}.tables"), "needs at least one table".into());
+        }
+        for (i, table) in self.tables.iter().enumerate() {
+            if !is_table_name(table) {
+                fail(
+                    format!("{at}.tables[{i}]"),
+                    format!("{table:?} is not a table name (lower-case, optionally schema.table)"),
+                );
+            }
         }
         if let Some(tls) = &self.tls {
             tls.validate(&format!("{at}.tls"), fail);

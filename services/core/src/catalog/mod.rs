@@ -20,7 +20,8 @@ use std::{collections::BTreeMap, fmt, str::FromStr, time::Duration};
 pub use apply::{Action, Change};
 pub use batch::{Batch, BatchFormat, ByteSize, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_BATCH_WAIT};
 pub use database::{
-    DEFAULT_OUTBOX_TABLE, MAX_OUTBOX_BATCH, Outbox, channel_of, is_table_name, quote_table,
+    Cdc, DEFAULT_OUTBOX_TABLE, MAX_OUTBOX_BATCH, Outbox, channel_of, is_slot_name, is_table_name,
+    quote_table,
 };
 pub use policy::{
     Auth, Backoff, BreakerPolicy, ClientTls, Delay, OAuth2, RateLimit, RetryPolicy,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Auth, ClientTls, Outbox, RateLimit,
+    Auth, Cdc, ClientTls, Outbox, RateLimit,
     webhook::{Extract, Verify, Webhook},
 };
 
@@ -42,6 +42,9 @@ pub struct Source {
     /// PostgreSQL database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbox: Option<Outbox>,
+    /// Turn every change of some tables of its PostgreSQL database into an event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cdc: Option<Cdc>,
 }
 
 /// A contract for the events whose type matches `event_types`.
@@ -206,12 +209,25 @@ pub(super) fn validate(source: &Source, at: &str, fail: &mut impl FnMut(String, 
     }
     if let Some(outbox) = &source.outbox {
         outbox.validate(&format!("{at}.outbox"), fail);
-        if source.poll.is_some() {
-            fail(
-                format!("{at}.outbox"),
-                "a source reads one of poll or outbox, not both".into(),
-            );
-        }
+    }
+    if let Some(cdc) = &source.cdc {
+        cdc.validate(&format!("{at}.cdc"), fail);
+    }
+    let read = [
+        ("poll", source.poll.is_some()),
+        ("outbox", source.outbox.is_some()),
+        ("cdc", source.cdc.is_some()),
+    ];
+    if read.iter().filter(|(_, set)| *set).count() > 1 {
+        let (second, _) = read
+            .iter()
+            .filter(|(_, set)| *set)
+            .nth(1)
+            .expect("two are set");
+        fail(
+            format!("{at}.{second}"),
+            "a source reads at most one of poll, outbox or cdc".into(),
+        );
     }
     if let Some(poll) = &source.poll {
         let path = format!("{at}.poll");

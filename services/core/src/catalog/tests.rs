@@ -321,9 +321,10 @@ fn the_quickstart_catalog_is_valid() {
             .iter()
             .all(|source| source.webhook.is_some())
     );
-    let outbox = include_str!("../../../../deploy/examples/outbox.yaml");
-    let catalog = Catalog::from_yaml(outbox).unwrap();
+    let database = include_str!("../../../../deploy/examples/database.yaml");
+    let catalog = Catalog::from_yaml(database).unwrap();
     assert!(catalog.sources[0].outbox.is_some());
+    assert!(catalog.sources[1].cdc.is_some());
 }
 
 const SOURCES: &str = r#"
@@ -523,4 +524,29 @@ sources:
     let outbox = fine.sources[0].outbox.as_ref().unwrap();
     assert_eq!(outbox.table, "switchyard_outbox");
     assert_eq!(outbox.batch, 500);
+}
+
+#[test]
+fn cdc_sources_are_checked_field_by_field() {
+    let broken = r#"
+sources:
+  - name: shop
+    cdc: { dsn: { secret: DSN }, publication: "Bad-Pub", slot: "", tables: [] }
+  - name: both
+    outbox: { dsn: { secret: DSN } }
+    cdc: { dsn: { secret: DSN }, publication: p, slot: s, tables: ["Orders"] }
+"#;
+    let err = Catalog::from_yaml(broken).unwrap_err();
+    let paths: Vec<_> = err.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "sources[0].cdc.publication",
+            "sources[0].cdc.slot",
+            "sources[0].cdc.tables",
+            "sources[1].cdc.tables[0]",
+            "sources[1].cdc",
+        ],
+        "{err}"
+    );
 }

@@ -1,0 +1,250 @@
+//! CDC sources against a real PostgreSQL server: every insert, update and delete of a
+//! table reaches the provider once, in commit order, across a SIGKILL of ingest.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use switchyard_tests::{FakeProvider, TestPostgres, eventually, processes::Processes};
+
+/// Source `shop` reads the changes of `orders`; route `changes` delivers them to
+/// `crm` one after another (a single ordering key), so commit order holds.
+fn catalog(provider_url: &str) -> String {
+    format!(
+        r#"
+sources:
+  - name: shop
+    cdc: {{ dsn: {{ secret: CDC_DSN }}, publication: shop_changes, slot: shop_slot, tables: [orders] }}
+providers:
+  - name: crm
+    url: {provider_url}/changes
+    timeout: 2s
+    retry:
+      max_attempts: 10
+      backoff: {{ initial: 50ms, factor: 2, max: 400ms }}
+mappings:
+  - name: pass
+    version: 1
+    program: ". = ."
+routes:
+  - name: changes
+    source: shop
+    event_types: ["orders.*"]
+    mapping: pass@1
+    provider: crm
+    ordering_key: '"all"'
+"#
+    )
+}
+
+const TABLE: &str =
+    "CREATE TABLE orders (id int PRIMARY KEY, status text, total numeric, meta jsonb)";
+
+/// Transaction `k`: five inserts, three updates, two deletes, as (event type, id).
+fn transaction(k: i32) -> Vec<(&'static str, i32)> {
+    let base = k * 5;
+    let mut changes: Vec<(&'static str, i32)> =
+        (0..5).map(|i| ("orders.insert", base + i)).collect();
+    changes.extend((0..3).map(|i| ("orders.update", base + i)));
+    changes.extend((3..5).map(|i| ("orders.delete", base + i)));
+    changes
+}
+
+async fn write(dsn: String, transactions: i32, pause: Duration) {
+    let (mut client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    for k in 0..transactions {
+        let tx = client.transaction().await.unwrap();
+        let base = k * 5;
+        for i in 0..5 {
+            tx.execute(
+                "INSERT INTO orders VALUES ($1, 'new', 19.90, '{\"k\": 1}')",
+                &[&(base + i)],
+            )
+            .await
+            .unwrap();
+        }
+        for i in 0..3 {
+            tx.execute(
+                "UPDATE orders SET status = 'paid' WHERE id = $1",
+                &[&(base + i)],
+            )
+            .await
+            .unwrap();
+        }
+        for i in 3..5 {
+            tx.execute("DELETE FROM orders WHERE id = $1", &[&(base + i)])
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn arrivals(provider: &FakeProvider) -> Vec<(String, i32, Value)> {
+    provider
+        .accepted()
+        .iter()
+        .map(|request| {
+            let body = request.json();
+            let row = if body["after"].is_object() {
+                &body["after"]
+            } else {
+                &body["before"]
+            };
+            let id = row["id"].as_i64().unwrap() as i32;
+            let kind = request
+                .header("switchyard-event-type")
+                .unwrap_or_default()
+                .to_owned();
+            (kind, id, body)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_ingest() {
+    let provider = FakeProvider::start().await;
+    let postgres = TestPostgres::start().await.unwrap();
+    postgres
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(TABLE)
+        .await
+        .unwrap();
+    let mut stack = Processes::start_with_env(
+        &catalog(provider.url()),
+        &["ingest", "transform", "delivery", "control"],
+        &[
+            ("CDC_DSN", &postgres.dsn()),
+            ("SWITCHYARD__INGEST__POLL_LEASE_TTL", "2s"),
+        ],
+    )
+    .await
+    .unwrap();
+    // The slot exists once ingest has started: changes from now on are kept for it.
+    let admin = postgres.client().await.unwrap();
+    eventually(Duration::from_secs(30), "the slot", || async {
+        let row = admin
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'shop_slot'",
+                &[],
+            )
+            .await
+            .ok()?;
+        row.map(|_| ())
+    })
+    .await;
+    let writer = tokio::spawn(write(postgres.dsn(), 200, Duration::from_millis(20)));
+    eventually(Duration::from_secs(60), "300 changes delivered", || async {
+        (provider.accepted().len() >= 300).then_some(())
+    })
+    .await;
+    stack.kill("ingest").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.restart("ingest").unwrap();
+    writer.await.unwrap();
+    eventually(
+        Duration::from_secs(120),
+        "2,000 changes delivered",
+        || async { (provider.accepted().len() >= 2_000).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let arrived = arrivals(&provider);
+    let expected: Vec<(String, i32)> = (0..200)
+        .flat_map(transaction)
+        .map(|(kind, id)| (kind.to_owned(), id))
+        .collect();
+    let got: Vec<(String, i32)> = arrived.iter().map(|(k, id, _)| (k.clone(), *id)).collect();
+    assert_eq!(got.len(), 2_000, "each change once");
+    assert_eq!(got, expected, "in commit order");
+    let (_, _, insert) = &arrived[0];
+    assert_eq!(insert["after"]["status"], "new");
+    assert_eq!(insert["after"]["total"], "19.90");
+    assert_eq!(insert["after"]["meta"]["k"], 1);
+    assert!(insert["lsn"].as_str().unwrap().contains('/'));
+    assert!(insert["committed_at"].is_string() && insert["xid"].is_u64());
+    let (_, _, delete) = &arrived[8];
+    assert_eq!(
+        delete["before"],
+        serde_json::json!({"id": 3}),
+        "the key of a deleted row"
+    );
+    assert!(delete.get("after").is_none());
+
+    // The slot moved past everything, and operators see it caught up.
+    let status = eventually(Duration::from_secs(20), "caught up", || async {
+        let out = std::process::Command::new(switchyard_tests::binary("syctl"))
+            .args([
+                "--server",
+                &stack.control_url(),
+                "-o",
+                "json",
+                "sources",
+                "status",
+            ])
+            .output()
+            .ok()?;
+        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (status[0]["active"] == true && status[0]["bytes_behind"].as_u64()? < 100_000)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(status[0]["kind"], "cdc");
+    assert!(status[0]["last_read"].is_string(), "{status}");
+}
+
+/// Starts ingest alone with `dsn` and returns what it printed when it exited.
+async fn ingest_refuses(dsn: &str) -> String {
+    let nats = switchyard_tests::TestNats::start().await.unwrap();
+    let settings = switchyard_tests::Pipeline::settings(nats.url());
+    switchyard_tests::Pipeline::prepare(&settings, &catalog("http://127.0.0.1:9"))
+        .await
+        .unwrap();
+    let mut command = switchyard_tests::service("switchyard-ingest", &settings);
+    command
+        .env("CDC_DSN", dsn)
+        .env("SWITCHYARD__INGEST__LISTEN", "127.0.0.1:0");
+    let out = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("ingest exits at start")
+        .unwrap();
+    assert!(!out.status.success());
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_replication_or_wal_level_replica_stops_ingest_at_start_naming_the_fix() {
+    let postgres = TestPostgres::start().await.unwrap();
+    let admin = postgres.client().await.unwrap();
+    admin.batch_execute(TABLE).await.unwrap();
+    admin.batch_execute("CREATE ROLE app LOGIN").await.unwrap();
+    let text = ingest_refuses(&postgres.dsn().replace("user=postgres", "user=app")).await;
+    assert!(
+        text.contains("source shop") && text.contains("ALTER ROLE <user> REPLICATION"),
+        "{text}"
+    );
+
+    let unready = TestPostgres::start_without_logical_wal().await.unwrap();
+    unready
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(TABLE)
+        .await
+        .unwrap();
+    let text = ingest_refuses(&unready.dsn()).await;
+    assert!(
+        text.contains("source shop") && text.contains("set wal_level = logical"),
+        "{text}"
+    );
+}
