@@ -49,12 +49,13 @@ fn transaction(k: i32) -> Vec<(&'static str, i32)> {
     changes
 }
 
-async fn write(dsn: String, transactions: i32, pause: Duration) {
+/// Commits transactions `from..to` (see [`transaction`]), pausing between them.
+async fn write(dsn: String, from: i32, to: i32, pause: Duration) {
     let (mut client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
-    for k in 0..transactions {
+    for k in from..to {
         let tx = client.transaction().await.unwrap();
         let base = k * 5;
         for i in 0..5 {
@@ -104,6 +105,39 @@ fn arrivals(provider: &FakeProvider) -> Vec<(String, i32, Value)> {
         .collect()
 }
 
+/// The provider got the changes of transactions `0..transactions` once each, in
+/// commit order.
+fn assert_once_in_commit_order(
+    provider: &FakeProvider,
+    transactions: i32,
+) -> Vec<(String, i32, Value)> {
+    let arrived = arrivals(provider);
+    let expected: Vec<(String, i32)> = (0..transactions)
+        .flat_map(transaction)
+        .map(|(kind, id)| (kind.to_owned(), id))
+        .collect();
+    let got: Vec<(String, i32)> = arrived.iter().map(|(k, id, _)| (k.clone(), *id)).collect();
+    assert_eq!(got.len(), expected.len(), "each change once");
+    assert_eq!(got, expected, "in commit order");
+    arrived
+}
+
+/// `syctl sources status -o json` against the stack's control API.
+fn sources_status(stack: &Processes) -> Option<Value> {
+    let out = std::process::Command::new(switchyard_tests::binary("syctl"))
+        .args([
+            "--server",
+            &stack.control_url(),
+            "-o",
+            "json",
+            "sources",
+            "status",
+        ])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_ingest() {
     let provider = FakeProvider::start().await;
@@ -138,7 +172,7 @@ async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_in
         row.map(|_| ())
     })
     .await;
-    let writer = tokio::spawn(write(postgres.dsn(), 200, Duration::from_millis(20)));
+    let writer = tokio::spawn(write(postgres.dsn(), 0, 200, Duration::from_millis(20)));
     eventually(Duration::from_secs(60), "300 changes delivered", || async {
         (provider.accepted().len() >= 300).then_some(())
     })
@@ -155,14 +189,7 @@ async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_in
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
-    let arrived = arrivals(&provider);
-    let expected: Vec<(String, i32)> = (0..200)
-        .flat_map(transaction)
-        .map(|(kind, id)| (kind.to_owned(), id))
-        .collect();
-    let got: Vec<(String, i32)> = arrived.iter().map(|(k, id, _)| (k.clone(), *id)).collect();
-    assert_eq!(got.len(), 2_000, "each change once");
-    assert_eq!(got, expected, "in commit order");
+    let arrived = assert_once_in_commit_order(&provider, 200);
     let (_, _, insert) = &arrived[0];
     assert_eq!(insert["after"]["status"], "new");
     assert_eq!(insert["after"]["total"], "19.90");
@@ -179,18 +206,7 @@ async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_in
 
     // The slot moved past everything, and operators see it caught up.
     let status = eventually(Duration::from_secs(20), "caught up", || async {
-        let out = std::process::Command::new(switchyard_tests::binary("syctl"))
-            .args([
-                "--server",
-                &stack.control_url(),
-                "-o",
-                "json",
-                "sources",
-                "status",
-            ])
-            .output()
-            .ok()?;
-        let status: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let status = sources_status(&stack)?;
         (status[0]["active"] == true && status[0]["bytes_behind"].as_u64()? < 100_000)
             .then_some(status)
     })
@@ -247,4 +263,81 @@ async fn a_role_without_replication_or_wal_level_replica_stops_ingest_at_start_n
         text.contains("source shop") && text.contains("set wal_level = logical"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_a_postgres_restart_mid_stream_loses_and_doubles_no_change() {
+    let pki = switchyard_tests::pki::Pki::new();
+    let mut postgres = TestPostgres::start_tls(&pki).await.unwrap();
+    // The publication made by the tables' owner; the source's user only replicates.
+    postgres
+        .client()
+        .await
+        .unwrap()
+        .batch_execute(&format!(
+            "{TABLE}; CREATE PUBLICATION shop_changes FOR TABLE orders;
+             ALTER ROLE tls_user REPLICATION; GRANT SELECT ON orders TO tls_user"
+        ))
+        .await
+        .unwrap();
+    let provider = FakeProvider::start().await;
+    let catalog = catalog(provider.url()).replace(
+        "tables: [orders] }",
+        "tables: [orders], tls: { ca: { secret: PG_CA } } }",
+    );
+    let dsn = postgres.dsn().replace("user=postgres", "user=tls_user");
+    let stack = Processes::start_with_env(
+        &catalog,
+        &["ingest", "transform", "delivery", "control"],
+        &[
+            ("CDC_DSN", &format!("{dsn} sslmode=require")),
+            ("PG_CA", &pki.ca_pem),
+        ],
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "an active reader", || async {
+        let status = sources_status(&stack)?;
+        (status[0]["active"] == true && status[0]["last_read"].is_string()).then_some(())
+    })
+    .await;
+    let over_tls: bool = postgres
+        .client()
+        .await
+        .unwrap()
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.usename = 'tls_user'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        over_tls,
+        "ingest's connections, replication included, use TLS"
+    );
+
+    write(postgres.dsn(), 0, 100, Duration::from_millis(10)).await;
+    eventually(Duration::from_secs(60), "200 changes delivered", || async {
+        (provider.accepted().len() >= 200).then_some(())
+    })
+    .await;
+    postgres.stop().await.unwrap();
+    eventually(Duration::from_secs(15), "the outage reported", || async {
+        let status = sources_status(&stack)?;
+        let error = status[0]["last_error"].as_str()?.to_owned();
+        (!error.is_empty()).then_some(())
+    })
+    .await;
+    postgres.resume().await.unwrap();
+    write(postgres.dsn(), 100, 200, Duration::from_millis(10)).await;
+    eventually(
+        Duration::from_secs(120),
+        "2,000 changes delivered",
+        || async { (provider.accepted().len() >= 2_000).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_once_in_commit_order(&provider, 200);
 }
