@@ -341,3 +341,79 @@ async fn over_tls_a_postgres_restart_mid_stream_loses_and_doubles_no_change() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_once_in_commit_order(&provider, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigkill_in_the_middle_of_a_transaction_stores_each_of_its_changes_once() {
+    let postgres = TestPostgres::start().await.unwrap();
+    let admin = postgres.client().await.unwrap();
+    admin.batch_execute(TABLE).await.unwrap();
+    let mut stack = Processes::start_with_env(
+        &catalog("http://127.0.0.1:9"),
+        &["ingest"],
+        &[
+            ("CDC_DSN", &postgres.dsn()),
+            ("SWITCHYARD__INGEST__POLL_LEASE_TTL", "2s"),
+        ],
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(30), "the slot", || async {
+        let row = admin
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'shop_slot'",
+                &[],
+            )
+            .await
+            .ok()?;
+        row.map(|_| ())
+    })
+    .await;
+    // One transaction of 20,000 inserts; ingest is killed while it stores them.
+    admin
+        .batch_execute(
+            "INSERT INTO orders SELECT i, 'new', 1, '{}' FROM generate_series(1, 20000) AS i",
+        )
+        .await
+        .unwrap();
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let ingest = async_nats::jetstream::new(nats)
+        .get_stream(switchyard_core::topology::INGEST)
+        .await
+        .unwrap();
+    let stored = || async {
+        ingest
+            .get_info()
+            .await
+            .map(|info| info.state.messages)
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let count = stored().await;
+        if count >= 2_000 {
+            assert!(
+                count < 20_000,
+                "killed in the middle of the transaction ({count} stored)"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the changes did not start arriving"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stack.kill("ingest").await;
+    let at_kill = stored().await;
+    stack.restart("ingest").unwrap();
+    eventually(Duration::from_secs(90), "20,000 changes stored", || async {
+        (stored().await >= 20_000).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        stored().await,
+        20_000,
+        "each change once (killed after {at_kill})"
+    );
+}
