@@ -21,7 +21,7 @@ use switchyard_core::{
     catalog::{Cdc, quote_table},
     config::Settings,
     contract::Violation,
-    event, lease,
+    event,
     metrics::{self, SourceLabels},
     operator::SourceStatus,
     outbound::Guard,
@@ -40,8 +40,6 @@ use crate::{
     sources,
 };
 
-/// Longest wait between attempts to reach PostgreSQL.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often the slot's distance behind the WAL is measured at most.
 const MEASURE_EVERY: Duration = Duration::from_secs(1);
 /// Events of one transaction awaited together before more are sent.
@@ -318,82 +316,36 @@ struct Transaction {
     pending: Vec<Pending>,
 }
 
-impl Reader {
-    async fn run(&self, instance: &str, ttl: Duration) -> Result<(), switchyard_core::Error> {
-        let jetstream = &self.state.nats.jetstream;
-        let key = format!("cdc.{}", self.source);
-        loop {
-            let Some(mut held) = lease::acquire(jetstream, &key, instance, ttl, &self.stop).await?
-            else {
-                return Ok(());
-            };
-            tracing::info!(
-                source = self.source,
-                slot = self.setup.config.slot,
-                "reading changes"
-            );
-            let active = self.stop.child();
-            let keep = async {
-                held.keep(&active).await;
-                active.trigger();
-            };
-            tokio::join!(
-                keep,
-                self.read_while(&active),
-                self.answer_operators(&active)
-            );
-            if self.stop.is_shutting_down() {
-                held.release().await;
-                return Ok(());
-            }
-            tracing::warn!(
-                source = self.source,
-                "lost the CDC lease; standing by again"
-            );
-        }
+impl readers::Sessions for Reader {
+    fn source(&self) -> &str {
+        &self.source
     }
 
-    async fn answer_operators(&self, active: &Shutdown) {
-        readers::answer_status(&self.state, &self.source, &self.status, active).await;
+    fn status(&self) -> &std::sync::Mutex<SourceStatus> {
+        &self.status
+    }
+
+    fn session(
+        &self,
+        active: &Shutdown,
+        backoff: &mut Duration,
+    ) -> impl std::future::Future<Output = Result<(), Fault>> + Send {
+        self.read_once(active, backoff)
+    }
+}
+
+impl Reader {
+    async fn run(&self, instance: &str, ttl: Duration) -> Result<(), switchyard_core::Error> {
+        let key = format!("cdc.{}", self.source);
+        readers::while_leased(self, &self.state, &key, (instance, ttl), &self.stop).await
     }
 
     fn note(&self, change: impl FnOnce(&mut SourceStatus)) {
         change(&mut self.status.lock().expect("status lock"));
     }
 
-    async fn read_while(&self, active: &Shutdown) {
-        let mut backoff = Duration::from_millis(250);
-        while !active.is_shutting_down() {
-            let ended = self.session(active, &mut backoff).await;
-            if let Err(fault) = &ended {
-                self.note(|status| status.last_error = Some(fault.to_string()));
-            }
-            match ended {
-                Ok(()) => {}
-                Err(Fault::Away(why)) => tracing::warn!(
-                    source = self.source,
-                    reason = why,
-                    retry_ms = backoff.as_millis() as u64,
-                    "CDC source unreachable; trying again"
-                ),
-                Err(Fault::Config(why)) => {
-                    backoff = MAX_BACKOFF;
-                    tracing::error!(
-                        source = self.source,
-                        reason = why,
-                        retry_ms = backoff.as_millis() as u64,
-                        "the CDC source cannot be read as configured"
-                    );
-                }
-            }
-            active.sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-        active.trigger();
-    }
-
     /// One replication connection (and one ordinary one to measure the lag).
-    async fn session(&self, active: &Shutdown, backoff: &mut Duration) -> Result<(), Fault> {
+    async fn read_once(&self, active: &Shutdown, backoff: &mut Duration) -> Result<(), Fault> {
         let setup = &self.setup;
         let config = &setup.config;
         let (client, _) = setup.database.connect(&|code| setup.hint(code)).await?;
@@ -506,7 +458,7 @@ impl Reader {
                                 .confirm(confirmed)
                                 .await
                                 .map_err(away("confirming"))?;
-                            *backoff = Duration::from_millis(250);
+                            readers::reset(backoff);
                             self.read_now();
                         }
                         Message::Other(_) => {}

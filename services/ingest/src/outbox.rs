@@ -24,7 +24,7 @@ use switchyard_core::{
     catalog::{Outbox, quote_table, validate_event_type},
     config::Settings,
     contract::Violation,
-    event, headers, lease,
+    event, headers,
     metrics::{self, SourceLabels},
     operator::SourceStatus,
     outbound::Guard,
@@ -43,8 +43,6 @@ use crate::{
     sources::{self, Ready},
 };
 
-/// Longest wait between attempts to reach PostgreSQL.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Room kept for an event's headers within the server's `max_payload`.
 const MAX_HEADER_BYTES: usize = 8 * 1024;
 /// How often the rows waiting are counted at most.
@@ -246,90 +244,38 @@ struct Row {
     headers: Option<String>,
 }
 
+impl readers::Sessions for Reader {
+    fn source(&self) -> &str {
+        &self.source
+    }
+
+    fn status(&self) -> &std::sync::Mutex<SourceStatus> {
+        &self.status
+    }
+
+    fn session(
+        &self,
+        active: &Shutdown,
+        backoff: &mut Duration,
+    ) -> impl std::future::Future<Output = Result<(), Fault>> + Send {
+        self.read_once(active, backoff)
+    }
+}
+
 impl Reader {
     /// Holds the lease and reads while it lasts; stands by while another replica does.
     async fn run(&self, instance: &str, ttl: Duration) -> Result<(), switchyard_core::Error> {
-        let jetstream = &self.state.nats.jetstream;
         let key = format!("outbox.{}", self.source);
-        loop {
-            let Some(mut held) = lease::acquire(jetstream, &key, instance, ttl, &self.stop).await?
-            else {
-                return Ok(());
-            };
-            tracing::info!(
-                source = self.source,
-                table = self.setup.config.table,
-                "reading the outbox"
-            );
-            let active = self.stop.child();
-            let keep = async {
-                held.keep(&active).await;
-                active.trigger();
-            };
-            tokio::join!(
-                keep,
-                self.read_while(&active),
-                self.answer_operators(&active)
-            );
-            if self.stop.is_shutting_down() {
-                held.release().await;
-                return Ok(());
-            }
-            tracing::warn!(
-                source = self.source,
-                "lost the outbox lease; standing by again"
-            );
-        }
-    }
-
-    /// Answers the control API's status requests while this replica reads.
-    async fn answer_operators(&self, active: &Shutdown) {
-        readers::answer_status(&self.state, &self.source, &self.status, active).await;
+        readers::while_leased(self, &self.state, &key, (instance, ttl), &self.stop).await
     }
 
     fn note(&self, change: impl FnOnce(&mut SourceStatus)) {
         change(&mut self.status.lock().expect("status lock"));
     }
 
-    /// Reads in sessions (one connection each) until `active` ends, backing off after
-    /// each failed one.
-    async fn read_while(&self, active: &Shutdown) {
-        let mut backoff = Duration::from_millis(250);
-        while !active.is_shutting_down() {
-            let ended = self.session(active, &mut backoff).await;
-            if let Err(fault) = &ended {
-                self.note(|status| status.last_error = Some(fault.to_string()));
-            }
-            match ended {
-                Ok(()) => {}
-                Err(Fault::Away(why)) => {
-                    tracing::warn!(
-                        source = self.source,
-                        reason = why,
-                        retry_ms = backoff.as_millis() as u64,
-                        "outbox unreachable; trying again"
-                    );
-                }
-                Err(Fault::Config(why)) => {
-                    backoff = MAX_BACKOFF;
-                    tracing::error!(
-                        source = self.source,
-                        reason = why,
-                        retry_ms = backoff.as_millis() as u64,
-                        "the outbox cannot be read as configured"
-                    );
-                }
-            }
-            active.sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-        // Let `keep` end with this scope.
-        active.trigger();
-    }
-
     /// One connection: check the table, listen, then read, publish and delete until
     /// `active` ends or something fails.
-    async fn session(&self, active: &Shutdown, backoff: &mut Duration) -> Result<(), Fault> {
+    async fn read_once(&self, active: &Shutdown, backoff: &mut Duration) -> Result<(), Fault> {
         let config = &self.setup.config;
         let (client, wake) = self.setup.connect().await?;
         check(&client, &self.setup).await?;
@@ -403,7 +349,7 @@ impl Reader {
             if let Some(why) = failed {
                 return Err(Fault::Away(why));
             }
-            *backoff = Duration::from_millis(250);
+            readers::reset(backoff);
             self.note(|status| status.last_error = None);
             if read < config.batch as usize {
                 tokio::select! {

@@ -3,11 +3,11 @@
 //! changed is restarted, a removed one stops. Each task holds its source's lease, so
 //! one replica reads a source at a time.
 
-use std::{collections::HashMap, future::Future, sync::Arc};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
 use switchyard_core::{config::Settings, lease, operator, shutdown::Shutdown};
 
-use crate::{Ingest, sources::Ready};
+use crate::{Ingest, postgres::Fault, sources::Ready};
 
 /// Runs `run(state, source, setup, stop, instance)` for every source that `setup_of`
 /// gives a setup, restarting it when `same` says its setup changed. A reader that
@@ -118,4 +118,101 @@ pub(crate) async fn answer_status(
         }
     }
     let _ = requests.unsubscribe().await;
+}
+
+/// The first wait after a failed session; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between sessions, and the wait after a configuration fault.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A reader of a source's database: one session is one connection that reads until
+/// it fails or `active` ends.
+pub(crate) trait Sessions: Sync {
+    fn source(&self) -> &str;
+    /// What operators are told while this replica reads.
+    fn status(&self) -> &std::sync::Mutex<operator::SourceStatus>;
+    /// One connection, read until `active` ends or something fails; it resets
+    /// `backoff` once it works.
+    fn session(
+        &self,
+        active: &Shutdown,
+        backoff: &mut Duration,
+    ) -> impl Future<Output = Result<(), Fault>> + Send;
+}
+
+/// Holds the source's lease `key` and, while it lasts, runs `reader`'s sessions and
+/// answers the operators' status requests; stands by while another replica holds
+/// it. Returns on shutdown.
+pub(crate) async fn while_leased(
+    reader: &impl Sessions,
+    state: &Ingest,
+    key: &str,
+    (instance, ttl): (&str, Duration),
+    stop: &Shutdown,
+) -> Result<(), switchyard_core::Error> {
+    let source = reader.source();
+    loop {
+        let Some(mut held) =
+            lease::acquire(&state.nats.jetstream, key, instance, ttl, stop).await?
+        else {
+            return Ok(());
+        };
+        tracing::info!(source, lease = key, "reading");
+        let active = stop.child();
+        let keep = async {
+            held.keep(&active).await;
+            active.trigger();
+        };
+        let reading = async {
+            sessions(reader, &active).await;
+            // Let `keep` end with the reading.
+            active.trigger();
+        };
+        let answering = answer_status(state, source, reader.status(), &active);
+        tokio::join!(keep, reading, answering);
+        if stop.is_shutting_down() {
+            held.release().await;
+            return Ok(());
+        }
+        tracing::warn!(source, lease = key, "lost the lease; standing by again");
+    }
+}
+
+/// Runs `reader`'s sessions until `active` ends. After a failed one it waits — from
+/// 250 ms, doubling to 30 s, and 30 s at once after a configuration fault — and shows
+/// the fault as the status's last error.
+async fn sessions(reader: &impl Sessions, active: &Shutdown) {
+    let source = reader.source();
+    let mut backoff = FIRST_BACKOFF;
+    while !active.is_shutting_down() {
+        let ended = reader.session(active, &mut backoff).await;
+        if let Err(fault) = &ended {
+            reader.status().lock().expect("status lock").last_error = Some(fault.to_string());
+        }
+        match ended {
+            Ok(()) => {}
+            Err(Fault::Away(why)) => tracing::warn!(
+                source,
+                reason = why,
+                retry_ms = backoff.as_millis() as u64,
+                "the source's database is unreachable; trying again"
+            ),
+            Err(Fault::Config(why)) => {
+                backoff = MAX_BACKOFF;
+                tracing::error!(
+                    source,
+                    reason = why,
+                    retry_ms = backoff.as_millis() as u64,
+                    "the source cannot be read as configured"
+                );
+            }
+        }
+        active.sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// What a session sets its backoff to once it works.
+pub(crate) fn reset(backoff: &mut Duration) {
+    *backoff = FIRST_BACKOFF;
 }
