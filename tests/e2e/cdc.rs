@@ -122,22 +122,6 @@ fn assert_once_in_commit_order(
     arrived
 }
 
-/// `syctl sources status -o json` against the stack's control API.
-fn sources_status(stack: &Processes) -> Option<Value> {
-    let out = std::process::Command::new(switchyard_tests::binary("syctl"))
-        .args([
-            "--server",
-            &stack.control_url(),
-            "-o",
-            "json",
-            "sources",
-            "status",
-        ])
-        .output()
-        .ok()?;
-    serde_json::from_slice(&out.stdout).ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_ingest() {
     let provider = FakeProvider::start().await;
@@ -206,7 +190,7 @@ async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_in
 
     // The slot moved past everything, and operators see it caught up.
     let status = eventually(Duration::from_secs(20), "caught up", || async {
-        let status = sources_status(&stack)?;
+        let status = crate::sources_status(&stack)?;
         (status[0]["active"] == true && status[0]["bytes_behind"].as_u64()? < 100_000)
             .then_some(status)
     })
@@ -217,25 +201,7 @@ async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_in
 
 /// Starts ingest alone with `dsn` and returns what it printed when it exited.
 async fn ingest_refuses(dsn: &str) -> String {
-    let nats = switchyard_tests::TestNats::start().await.unwrap();
-    let settings = switchyard_tests::Pipeline::settings(nats.url());
-    switchyard_tests::Pipeline::prepare(&settings, &catalog("http://127.0.0.1:9"))
-        .await
-        .unwrap();
-    let mut command = switchyard_tests::service("switchyard-ingest", &settings);
-    command
-        .env("CDC_DSN", dsn)
-        .env("SWITCHYARD__INGEST__LISTEN", "127.0.0.1:0");
-    let out = tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .expect("ingest exits at start")
-        .unwrap();
-    assert!(!out.status.success());
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    crate::ingest_refuses(&catalog("http://127.0.0.1:9"), &[("CDC_DSN", dsn)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,7 +263,7 @@ async fn over_tls_a_postgres_restart_mid_stream_loses_and_doubles_no_change() {
     .await
     .unwrap();
     eventually(Duration::from_secs(30), "an active reader", || async {
-        let status = sources_status(&stack)?;
+        let status = crate::sources_status(&stack)?;
         (status[0]["active"] == true && status[0]["last_read"].is_string()).then_some(())
     })
     .await;
@@ -325,7 +291,7 @@ async fn over_tls_a_postgres_restart_mid_stream_loses_and_doubles_no_change() {
     .await;
     postgres.stop().await.unwrap();
     eventually(Duration::from_secs(15), "the outage reported", || async {
-        let status = sources_status(&stack)?;
+        let status = crate::sources_status(&stack)?;
         let error = status[0]["last_error"].as_str()?.to_owned();
         (!error.is_empty()).then_some(())
     })

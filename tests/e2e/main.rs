@@ -158,3 +158,41 @@ pub fn order_id(request: &switchyard_tests::Received) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Starts ingest alone on `catalog`, with these variables (the secrets the catalog
+/// names) in its environment, and returns what it printed when it refused to start.
+pub async fn ingest_refuses(catalog: &str, env: &[(&str, &str)]) -> String {
+    let nats = switchyard_tests::TestNats::start().await.unwrap();
+    let settings = switchyard_tests::Pipeline::settings(nats.url());
+    switchyard_tests::Pipeline::prepare(&settings, catalog)
+        .await
+        .unwrap();
+    let mut command = switchyard_tests::service("switchyard-ingest", &settings);
+    command
+        .envs(env.iter().copied())
+        .env("SWITCHYARD__INGEST__LISTEN", "127.0.0.1:0");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), command.output())
+        .await
+        .expect("ingest exits at start")
+        .unwrap();
+    assert!(!out.status.success(), "ingest must not start");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+/// `syctl sources status -o json` against the stack's control API.
+pub fn sources_status(stack: &switchyard_tests::processes::Processes) -> Option<serde_json::Value> {
+    let out = std::process::Command::new(switchyard_tests::binary("syctl"))
+        .args([
+            "--server",
+            &stack.control_url(),
+            "-o",
+            "json",
+            "sources",
+            "status",
+        ])
+        .output()
+        .ok()?;
+    serde_json::from_slice(&out.stdout).ok()
+}

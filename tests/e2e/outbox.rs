@@ -137,27 +137,6 @@ async fn write(
     }
 }
 
-/// `syctl sources status -o json` against the stack's control API.
-fn sources_status(stack: &Processes) -> Value {
-    let out = std::process::Command::new(switchyard_tests::binary("syctl"))
-        .args([
-            "--server",
-            &stack.control_url(),
-            "-o",
-            "json",
-            "sources",
-            "status",
-        ])
-        .output()
-        .expect("syctl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// What the provider accepted: per writer the sequence numbers in arrival order.
 fn arrivals(provider: &FakeProvider) -> HashMap<String, Vec<u64>> {
     let mut by_writer: HashMap<String, Vec<u64>> = HashMap::new();
@@ -308,7 +287,7 @@ async fn a_postgres_restart_then_a_nats_restart_mid_stream_lose_and_double_nothi
     postgres.stop().await.unwrap();
     // Operators see why the source is not being read.
     let status = eventually(Duration::from_secs(15), "the outage reported", || async {
-        let status = sources_status(&stack);
+        let status = crate::sources_status(&stack)?;
         let error = status[0]["last_error"]
             .as_str()
             .unwrap_or_default()
@@ -415,28 +394,7 @@ async fn a_row_committed_after_a_higher_id_is_not_skipped() {
 
 /// Starts ingest alone on `catalog` and returns what it printed when it exited.
 async fn ingest_refuses(catalog: &str, dsn: &str) -> String {
-    ingest_refuses_with(catalog, &[("OUTBOX_DSN", dsn)]).await
-}
-
-/// [`ingest_refuses`] with these variables (the secrets) in its environment.
-async fn ingest_refuses_with(catalog: &str, env: &[(&str, &str)]) -> String {
-    let nats = switchyard_tests::TestNats::start().await.unwrap();
-    let settings = switchyard_tests::Pipeline::settings(nats.url());
-    switchyard_tests::Pipeline::prepare(&settings, catalog)
-        .await
-        .unwrap();
-    let mut command = switchyard_tests::service("switchyard-ingest", &settings);
-    command
-        .envs(env.iter().copied())
-        .env("SWITCHYARD__INGEST__LISTEN", "127.0.0.1:0");
-    let out = tokio::time::timeout(Duration::from_secs(30), command.output())
-        .await
-        .expect("ingest exits at start")
-        .unwrap();
-    assert!(!out.status.success(), "ingest must not start");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    text
+    crate::ingest_refuses(catalog, &[("OUTBOX_DSN", dsn)]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,7 +523,7 @@ async fn a_row_that_breaks_the_rules_is_dead_lettered_and_blocks_nothing() {
 
     // Operators see the reader: active, nothing waiting, a recent read, no error.
     let status = eventually(Duration::from_secs(20), "an active reader", || async {
-        let status = sources_status(&stack);
+        let status = crate::sources_status(&stack)?;
         (status[0]["active"] == true && status[0]["rows_waiting"] == 0).then_some(status)
     })
     .await;
@@ -596,7 +554,7 @@ async fn rows_arrive_over_tls_to_postgres_verified_against_the_catalog_ca() {
     assert!(plain.is_err(), "the server refuses tls_user without TLS");
     // A server certificate the catalog's CA did not issue stops ingest at start.
     let other = switchyard_tests::pki::Pki::new();
-    let text = ingest_refuses_with(
+    let text = crate::ingest_refuses(
         &catalog,
         &[
             ("OUTBOX_DSN", &format!("{dsn} sslmode=require")),
