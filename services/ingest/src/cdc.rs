@@ -35,7 +35,7 @@ use crate::{
     pgoutput::{self, Message, Relations},
     postgres::{Database, Fault},
     publish::{Outgoing, Pending, send},
-    readers,
+    readers::{self, Sessions},
     replication::{self, Connection, Frame},
     sources,
 };
@@ -338,10 +338,6 @@ impl Reader {
     async fn run(&self, instance: &str, ttl: Duration) -> Result<(), switchyard_core::Error> {
         let key = format!("cdc.{}", self.source);
         readers::while_leased(self, &self.state, &key, (instance, ttl), &self.stop).await
-    }
-
-    fn note(&self, change: impl FnOnce(&mut SourceStatus)) {
-        change(&mut self.status.lock().expect("status lock"));
     }
 
     /// One replication connection (and one ordinary one to measure the lag).

@@ -39,7 +39,7 @@ use crate::{
     Ingest, is_valid_key,
     postgres::{Database, Fault},
     publish::{Outgoing, Pending, send},
-    readers,
+    readers::{self, Sessions},
     sources::{self, Ready},
 };
 
@@ -267,10 +267,6 @@ impl Reader {
     async fn run(&self, instance: &str, ttl: Duration) -> Result<(), switchyard_core::Error> {
         let key = format!("outbox.{}", self.source);
         readers::while_leased(self, &self.state, &key, (instance, ttl), &self.stop).await
-    }
-
-    fn note(&self, change: impl FnOnce(&mut SourceStatus)) {
-        change(&mut self.status.lock().expect("status lock"));
     }
 
     /// One connection: check the table, listen, then read, publish and delete until

@@ -138,6 +138,11 @@ pub(crate) trait Sessions: Sync {
         active: &Shutdown,
         backoff: &mut Duration,
     ) -> impl Future<Output = Result<(), Fault>> + Send;
+
+    /// Changes what operators are told.
+    fn note(&self, change: impl FnOnce(&mut operator::SourceStatus)) {
+        change(&mut self.status().lock().expect("status lock"));
+    }
 }
 
 /// Holds the source's lease `key` and, while it lasts, runs `reader`'s sessions and
@@ -187,7 +192,7 @@ async fn sessions(reader: &impl Sessions, active: &Shutdown) {
     while !active.is_shutting_down() {
         let ended = reader.session(active, &mut backoff).await;
         if let Err(fault) = &ended {
-            reader.status().lock().expect("status lock").last_error = Some(fault.to_string());
+            reader.note(|status| status.last_error = Some(fault.to_string()));
         }
         match ended {
             Ok(()) => {}
