@@ -105,6 +105,21 @@ fn arrivals(provider: &FakeProvider) -> Vec<(String, i32, Value)> {
         .collect()
 }
 
+/// Waits until ingest has created the slot: changes from then on are kept for it.
+async fn wait_for_slot(admin: &tokio_postgres::Client) {
+    eventually(Duration::from_secs(30), "the slot", || async {
+        let row = admin
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'shop_slot'",
+                &[],
+            )
+            .await
+            .ok()?;
+        row.map(|_| ())
+    })
+    .await;
+}
+
 /// The provider got the changes of transactions `0..transactions` once each, in
 /// commit order.
 fn assert_once_in_commit_order(
@@ -145,17 +160,7 @@ async fn two_thousand_changes_arrive_once_in_commit_order_across_a_sigkill_of_in
     .unwrap();
     // The slot exists once ingest has started: changes from now on are kept for it.
     let admin = postgres.client().await.unwrap();
-    eventually(Duration::from_secs(30), "the slot", || async {
-        let row = admin
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'shop_slot'",
-                &[],
-            )
-            .await
-            .ok()?;
-        row.map(|_| ())
-    })
-    .await;
+    wait_for_slot(&admin).await;
     let writer = tokio::spawn(write(postgres.dsn(), 0, 200, Duration::from_millis(20)));
     eventually(Duration::from_secs(60), "300 changes delivered", || async {
         (provider.accepted().len() >= 300).then_some(())
@@ -323,17 +328,7 @@ async fn a_sigkill_in_the_middle_of_a_transaction_stores_each_of_its_changes_onc
     )
     .await
     .unwrap();
-    eventually(Duration::from_secs(30), "the slot", || async {
-        let row = admin
-            .query_opt(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = 'shop_slot'",
-                &[],
-            )
-            .await
-            .ok()?;
-        row.map(|_| ())
-    })
-    .await;
+    wait_for_slot(&admin).await;
     // One transaction of 20,000 inserts; ingest is killed while it stores them.
     admin
         .batch_execute(

@@ -137,6 +137,30 @@ async fn write(
     }
 }
 
+/// Starts `writers` writers of `rows` rows each, 10 ms apart (see [`write`]); the
+/// count of rows they committed so far comes with them.
+fn spawn_writers(
+    postgres: &TestPostgres,
+    writers: usize,
+    rows: usize,
+    keyed: bool,
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<AtomicUsize>) {
+    let written = Arc::new(AtomicUsize::new(0));
+    let writing = (0..writers)
+        .map(|writer| {
+            tokio::spawn(write(
+                postgres.dsn(),
+                writer,
+                rows,
+                Duration::from_millis(10),
+                keyed,
+                written.clone(),
+            ))
+        })
+        .collect();
+    (writing, written)
+}
+
 /// What the provider accepted: per writer the sequence numbers in arrival order.
 fn arrivals(provider: &FakeProvider) -> HashMap<String, Vec<u64>> {
     let mut by_writer: HashMap<String, Vec<u64>> = HashMap::new();
@@ -198,19 +222,7 @@ async fn rows_from_eight_writers_arrive_once_each_in_order_across_a_sigkill_of_i
     let provider = FakeProvider::start().await;
     let (postgres, mut stack) = start(&provider).await;
     let (writers, rows) = (8, 625);
-    let written = Arc::new(AtomicUsize::new(0));
-    let writing: Vec<_> = (0..writers)
-        .map(|writer| {
-            tokio::spawn(write(
-                postgres.dsn(),
-                writer,
-                rows,
-                Duration::from_millis(10),
-                false,
-                written.clone(),
-            ))
-        })
-        .collect();
+    let (writing, written) = spawn_writers(&postgres, writers, rows, false);
     wait_for(&provider, 100, Duration::from_secs(60)).await;
     wait_until_written(&written, 1_500).await;
     assert!(written.load(Ordering::Relaxed) < 3_500, "still writing");
@@ -268,19 +280,7 @@ async fn a_postgres_restart_then_a_nats_restart_mid_stream_lose_and_double_nothi
     let unordered = catalog(provider.url()).replace("\n    ordering_key: .writer", "");
     let (mut postgres, mut stack) = start_with(&unordered).await;
     let (writers, rows) = (4, 300);
-    let written = Arc::new(AtomicUsize::new(0));
-    let writing: Vec<_> = (0..writers)
-        .map(|writer| {
-            tokio::spawn(write(
-                postgres.dsn(),
-                writer,
-                rows,
-                Duration::from_millis(10),
-                true,
-                written.clone(),
-            ))
-        })
-        .collect();
+    let (writing, written) = spawn_writers(&postgres, writers, rows, true);
     wait_for(&provider, 50, Duration::from_secs(60)).await;
     wait_until_written(&written, 300).await;
     assert!(written.load(Ordering::Relaxed) < 1_000, "still writing");
