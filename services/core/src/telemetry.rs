@@ -46,10 +46,28 @@ pub fn init(settings: &TelemetrySettings, service: &str) -> Result<Guard, Error>
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")))
+        .with(otel_layer(&provider))
         .try_init()
         .map_err(|err| Error::Config(format!("telemetry already initialised: {err}")))?;
     Ok(Guard { provider })
+}
+
+/// The layer that makes tracing spans OpenTelemetry spans. Only what the spans are
+/// declared with is recorded: no busy/idle timings, thread or source-location
+/// attributes, and no OpenTelemetry context attached on every enter (trace context is
+/// taken from the span itself when it is injected) — each cost CPU on every span of
+/// every event and none is read.
+fn otel_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("switchyard"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
+        .with_target(false)
+        .with_context_activation(false)
 }
 
 /// JSON lines: the event's fields flat, and every enclosing span's fields under
@@ -68,12 +86,70 @@ where
         .with_writer(writer)
 }
 
-/// A span's fields as one JSON object, like `JsonFields`, except that fields recorded
-/// later (`span.record(…)`) are appended to the object instead of parsing and
-/// rewriting it each time: spans per event record their event id, trace id and
-/// outcome after creation, and the rewrite was a large share of a service's CPU per
-/// event. A field recorded twice appears twice; readers keep the last.
+/// A span's fields as one JSON object, like `JsonFields`, except that
+///
+/// - the OpenTelemetry attributes a span is declared with for its trace
+///   ([`for_traces_only`]) are left out: they describe the span to a tracing backend,
+///   and formatting them on every span of every event was most of the log layer's CPU
+///   although almost no span ever logs a line;
+/// - fields recorded later (`span.record(…)`) are appended to the object instead of
+///   parsing and rewriting it each time: spans per event record their event id, trace
+///   id and outcome after creation, and the rewrite was a large share of a service's
+///   CPU per event. A field recorded twice appears twice; readers keep the last.
 struct AppendedJsonFields;
+
+/// Span fields that are OpenTelemetry attributes only, not log-line context.
+fn for_traces_only(name: &str) -> bool {
+    const PREFIXES: [&str; 7] = [
+        "otel.",
+        "messaging.",
+        "url.",
+        "server.",
+        "network.",
+        "user_agent.",
+        "http.request.",
+    ];
+    name == "http.route" || PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// Writes the fields that are not [`for_traces_only`] as a JSON object.
+struct LogFields<'a> {
+    out: tracing_subscriber::fmt::format::Writer<'a>,
+    empty: bool,
+    result: std::fmt::Result,
+}
+
+impl LogFields<'_> {
+    fn field(&mut self, name: &str, value: impl std::fmt::Display) {
+        if self.result.is_err() || for_traces_only(name) {
+            return;
+        }
+        let comma = if self.empty { "{" } else { "," };
+        self.empty = false;
+        self.result = write!(self.out, "{comma}{}:{value}", serde_json::Value::from(name));
+    }
+}
+
+impl tracing::field::Visit for LogFields<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.field(field.name(), serde_json::Value::from(value));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.field(field.name(), value);
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.field(field.name(), value);
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.field(field.name(), value);
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.field(field.name(), serde_json::Value::from(value));
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.field(field.name(), serde_json::Value::from(format!("{value:?}")));
+    }
+}
 
 impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for AppendedJsonFields {
     fn format_fields<R: tracing_subscriber::field::RecordFields>(
@@ -81,7 +157,16 @@ impl<'writer> tracing_subscriber::fmt::FormatFields<'writer> for AppendedJsonFie
         writer: tracing_subscriber::fmt::format::Writer<'writer>,
         fields: R,
     ) -> std::fmt::Result {
-        tracing_subscriber::fmt::format::JsonFields::new().format_fields(writer, fields)
+        let mut visitor = LogFields {
+            out: writer,
+            empty: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result?;
+        visitor
+            .out
+            .write_str(if visitor.empty { "{}" } else { "}" })
     }
 
     fn add_fields(
@@ -232,7 +317,7 @@ pub fn init_for_tests() {
                     .compact()
                     .with_test_writer(),
             )
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("switchyard")))
+            .with(otel_layer(&provider))
             .try_init();
         opentelemetry::global::set_tracer_provider(provider);
     });
@@ -289,11 +374,12 @@ mod tests {
         let provider = SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(json_layer(move || writer.clone()))
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+            .with(otel_layer(&provider));
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 "transform process",
                 event_id = "01a2-event",
+                messaging.destination.name = "ingest.shop.order",
                 route = tracing::field::Empty,
                 trace_id = tracing::field::Empty,
                 outcome = tracing::field::Empty,
@@ -318,5 +404,7 @@ mod tests {
         // Fields recorded after creation are all there, the last value of each.
         assert_eq!(outer["route"], "orders \"eu\"", "{line}");
         assert_eq!(outer["outcome"], "delivered", "{line}");
+        // Attributes for the trace only are not formatted into log lines.
+        assert!(outer.get("messaging.destination.name").is_none(), "{line}");
     }
 }

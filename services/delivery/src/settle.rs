@@ -59,10 +59,22 @@ impl Delivery {
         match outcome {
             Outcome::Delivered => {
                 owed.record.delivered = true;
-                if let Err(err) = self.shared.ledger.put(&owed.ledger_key, &owed.record).await {
+                let recorded = self.shared.ledger.put(&owed.ledger_key, &owed.record).await;
+                if let Err(err) = &recorded {
                     tracing::warn!(error = %err, "delivery record not stored; acking anyway");
                 }
-                settle(owed.message, AckKind::Ack).await;
+                // With the record stored, a lost ack only brings the message back to be
+                // acked unsent, so the ack need not wait for the server's answer; a
+                // keyed one does, since the next message of its key looks for it.
+                let keyed = headers::get(owed.message.headers.as_ref(), headers::ORDERING_KEY);
+                match (recorded, keyed) {
+                    (Ok(()), None) => {
+                        if let Err(err) = owed.message.ack().await {
+                            tracing::warn!(error = %err, "could not ack; the ledger acks the redelivery");
+                        }
+                    }
+                    _ => settle(owed.message, AckKind::Ack).await,
+                }
             }
             Outcome::Deferred => {
                 let delay = answer.retry_after.unwrap_or(HELD_RETRY);

