@@ -470,8 +470,8 @@ catalog:
     }
     assert_eq!(
         pods.len(),
-        6,
-        "two ingest, one transform, one control and two delivery replicas"
+        7,
+        "two ingest, two transform, one control and two delivery replicas"
     );
     let (ingest_port, control_port) = (ports["ingest"][0], ports["control"][0]);
     for pod in &pods {
@@ -600,15 +600,29 @@ fn the_stack_points_switchyard_at_its_own_three_server_nats_cluster() {
     assert_eq!(config["jetstream"]["enabled"], true);
     assert_eq!(config["jetstream"]["fileStore"]["enabled"], true);
 
-    // The nats chart cannot be fetched without the network: check the rest of the
-    // stack with the switchyard chart in charts/ as `helm dependency build` puts it.
+    // The nats chart cannot be fetched without the network: with a copy of it at
+    // hand (../shared/charts/nats, or SWITCHYARD_NATS_CHART) the whole stack is
+    // rendered, else the rest of it, with the charts in charts/ as `helm dependency
+    // build` puts them.
+    let nats_chart = std::env::var_os("SWITCHYARD_NATS_CHART")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(CHART).join("../../../shared/charts/nats"))
+        .canonicalize()
+        .ok()
+        .filter(|dir| dir.join("Chart.yaml").is_file());
     let offline = tempfile::tempdir().unwrap();
     copy_dir(&stack, offline.path());
     let mut offline_chart = chart.clone();
-    offline_chart["dependencies"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|d| d["name"] != "nats");
+    match &nats_chart {
+        Some(dir) => copy_dir(dir, &offline.path().join("charts/nats")),
+        None => {
+            eprintln!("no copy of the nats chart: rendering the stack without it");
+            offline_chart["dependencies"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|d| d["name"] != "nats");
+        }
+    }
     std::fs::write(
         offline.path().join("Chart.yaml"),
         serde_yaml_ng::to_string(&offline_chart).unwrap(),
@@ -636,4 +650,56 @@ fn the_stack_points_switchyard_at_its_own_three_server_nats_cluster() {
         format!("nats://{RELEASE}-nats:4222")
     );
     assert_eq!(settings["topology"]["replicas"], 3);
+    if nats_chart.is_some() {
+        the_nats_chart_runs_three_jetstream_servers_on_volumes(&text, dir);
+    }
+}
+
+/// What the official nats chart renders in the stack: three JetStream servers on
+/// persistent volumes behind the Service Switchyard is pointed at, and the servers'
+/// sync interval when `sync_interval: always` is chosen.
+fn the_nats_chart_runs_three_jetstream_servers_on_volumes(text: &str, dir: &str) {
+    let documents: Vec<Value> = text
+        .split("\n---\n")
+        .filter_map(|document| serde_yaml_ng::from_str::<Value>(document).ok())
+        .collect();
+    let servers = named(&documents, "StatefulSet", &format!("{RELEASE}-nats"));
+    assert_eq!(servers["spec"]["replicas"], 3);
+    let claims = servers["spec"]["volumeClaimTemplates"].as_array().unwrap();
+    assert_eq!(claims.len(), 1, "one JetStream volume per server");
+    assert_eq!(
+        claims[0]["spec"]["resources"]["requests"]["storage"],
+        "10Gi"
+    );
+    named(&documents, "Service", &format!("{RELEASE}-nats"));
+    let config = |documents: &[Value]| -> String {
+        named(documents, "ConfigMap", &format!("{RELEASE}-nats-config"))["data"]["nats.conf"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let conf = config(&documents);
+    assert!(conf.contains("\"jetstream\""), "{conf}");
+    assert!(conf.contains("\"store_dir\": \"/data\""), "{conf}");
+    assert!(conf.contains("\"cluster\""), "{conf}");
+    assert!(
+        !conf.contains("sync_interval"),
+        "the server's default: {conf}"
+    );
+
+    let always = helm(&[
+        "template",
+        RELEASE,
+        dir,
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        "nats.config.jetstream.merge.sync_interval=always",
+    ]);
+    let documents: Vec<Value> = always
+        .split("\n---\n")
+        .filter_map(|document| serde_yaml_ng::from_str::<Value>(document).ok())
+        .collect();
+    let conf = config(&documents);
+    assert!(conf.contains("\"sync_interval\": \"always\""), "{conf}");
 }

@@ -133,6 +133,12 @@ impl Pipeline {
         Ok(pipeline)
     }
 
+    /// Starts one more transform replica (the pipeline starts with one).
+    pub fn start_transform(&self) {
+        let run = switchyard_transform::run(self.settings.clone(), self.shutdown.clone());
+        self.shutdown.spawn("transform", run);
+    }
+
     /// Starts a delivery process for `provider`.
     pub fn start_delivery(&self, provider: &str) {
         let scope = self.shutdown.child();

@@ -109,7 +109,13 @@ impl Delivery {
         let work = async {
             if let Some(turn) = &turn {
                 turn.wait().await;
-                if let Some(wait) = self.earlier_pending(&message, sequence, delivered).await {
+                let earlier = self.shared.order.earlier_pending(
+                    message.subject.as_str(),
+                    message_headers,
+                    sequence,
+                    delivered,
+                );
+                if let Some(wait) = earlier.await {
                     return settle(&message, AckKind::Nak(Some(wait))).await;
                 }
             }
@@ -144,31 +150,6 @@ impl Delivery {
             }
         };
         keep_alive(&message, work.instrument(span)).await;
-    }
-
-    /// A delay when an earlier message with the same ordering key is still owed.
-    async fn earlier_pending(
-        &self,
-        message: &jetstream::Message,
-        sequence: u64,
-        delivered: i64,
-    ) -> Option<Duration> {
-        match self
-            .shared
-            .deliver
-            .get_first_raw_message_by_subject(message.subject.as_str(), 0)
-            .await
-        {
-            Ok(first) if first.sequence < sequence => {
-                let step = 250u64 << (delivered.clamp(1, 6) - 1);
-                Some(Duration::from_millis(step.min(5_000)))
-            }
-            Ok(_) => None,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot check the ordering key; waiting");
-                Some(SETTLE_RETRY)
-            }
-        }
     }
 
     /// Makes one counted attempt and settles it.

@@ -17,7 +17,7 @@ use tokio::{
 use crate::{
     ACK_WAIT, Error, MAX_ACK_PENDING, PACING_STEP, Shared,
     attempt::Delivery,
-    batch,
+    batch, ordering,
     target::{Target, Targets, refresh},
 };
 
@@ -108,9 +108,8 @@ pub(crate) async fn deliver(
         let turn = headers::get(message.headers.as_ref(), headers::ORDERING_KEY)
             .and(message.info().ok())
             .map(|info| {
-                shared
-                    .gate
-                    .enter(message.subject.as_str(), info.stream_sequence)
+                let place = ordering::place(message.headers.as_ref(), info.stream_sequence);
+                shared.gate.enter(message.subject.as_str(), place)
             });
         let delivery = Delivery {
             shared: shared.clone(),

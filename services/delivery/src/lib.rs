@@ -64,7 +64,7 @@ use crate::{
     breaker::Breaker,
     consume::deliver,
     operators::{answer_operators, watch_dead_letters, watch_pause},
-    ordering::Gate,
+    ordering::{Gate, Order},
     outcome::OutcomeLog,
     target::{Targets, wait_for_provider},
 };
@@ -110,7 +110,7 @@ struct Shared {
     nats: Nats,
     provider: String,
     ledger: Ledger,
-    deliver: Stream<()>,
+    order: Order,
     outcomes: OutcomeLog,
     limiter: Limiter,
     breaker: Mutex<Breaker>,
@@ -156,11 +156,10 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
     };
     let shared = Arc::new(Shared {
         ledger: Ledger::open(&nats.jetstream).await?,
-        deliver: nats
-            .jetstream
-            .get_stream_no_info(topology::DELIVER)
-            .await
-            .map_err(switchyard_core::Error::nats)?,
+        order: Order::new(
+            stream(&nats, topology::INGEST).await?,
+            stream(&nats, topology::DELIVER).await?,
+        ),
         outcomes: OutcomeLog::new(nats.jetstream.clone(), &provider),
         limiter: Limiter::new(target.provider.rate_limit.as_ref()),
         breaker: Mutex::new(Breaker::new(target.provider.breaker.clone())),
@@ -218,4 +217,9 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
         tracing::warn!(provider, "lost the lease; standing by again");
     }
     Ok(())
+}
+
+async fn stream(nats: &Nats, name: &str) -> Result<Stream<()>, Error> {
+    let stream = nats.jetstream.get_stream_no_info(name).await;
+    Ok(stream.map_err(switchyard_core::Error::nats)?)
 }
