@@ -321,18 +321,29 @@ impl Stack {
         }
     }
 
+    /// CPU time so far of every service, and last of the nats-server.
     fn cpu(&self) -> Vec<Duration> {
-        self.processes.services().iter().map(Process::cpu).collect()
+        let services = self.processes.services().iter().map(Process::cpu);
+        services.chain([self.processes.nats.cpu()]).collect()
     }
 
+    /// Peak RSS and CPU per event since `cpu_before` ([`Stack::cpu`]) of every service
+    /// and of the nats-server (`nats-server`).
     fn report(&self, cpu_before: &[Duration], events: u64) -> Value {
+        let services = self
+            .processes
+            .services()
+            .iter()
+            .map(|service| (service.name, service.cpu(), service.peak_rss()));
+        let nats = &self.processes.nats;
+        let all = services.chain([("nats-server", nats.cpu(), nats.peak_rss())]);
         let mut report = serde_json::Map::new();
-        for (service, before) in self.processes.services().iter().zip(cpu_before) {
-            let cpu = service.cpu().saturating_sub(*before);
+        for ((name, cpu, peak_rss), before) in all.zip(cpu_before) {
+            let cpu = cpu.saturating_sub(*before);
             report.insert(
-                service.name.to_owned(),
+                name.to_owned(),
                 json!({
-                    "peak_rss_mib": service.peak_rss() as f64 / MIB,
+                    "peak_rss_mib": peak_rss as f64 / MIB,
                     "cpu_us_per_event": cpu.as_secs_f64() * 1e6 / events as f64,
                 }),
             );

@@ -32,9 +32,14 @@ pub struct TestNats {
 impl TestNats {
     /// Starts a fresh server.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(Vec::new()).await
+    }
+
+    /// Like [`TestNats::start`], with more command-line arguments (`-c FILE`).
+    pub async fn start_with(args: Vec<String>) -> anyhow::Result<Self> {
         switchyard_core::telemetry::init_for_tests();
         let dir = tempfile::tempdir()?;
-        let server = LocalNatsServer::start(dir.path(), None).await?;
+        let server = LocalNatsServer::start_with(dir.path(), None, args).await?;
         Ok(Self {
             url: server.url().to_owned(),
             servers: vec![server],
@@ -101,6 +106,25 @@ impl TestNats {
             url,
             _dir: dir,
         })
+    }
+
+    /// User plus system CPU time of every node so far.
+    pub fn cpu(&self) -> Duration {
+        self.servers
+            .iter()
+            .filter_map(LocalNatsServer::pid)
+            .map(processes::cpu)
+            .sum()
+    }
+
+    /// The largest peak resident set size of a node, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.servers
+            .iter()
+            .filter_map(LocalNatsServer::pid)
+            .map(|pid| processes::status_bytes(pid, "VmHWM"))
+            .max()
+            .unwrap_or(0)
     }
 
     /// The client URL; for a cluster, every node's URL separated by commas.

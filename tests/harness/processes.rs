@@ -24,49 +24,52 @@ impl Process {
         self.child.id().expect("the process is running")
     }
 
-    /// A size field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
-    fn status_bytes(&self, field: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kib| kib * 1024)
-    }
-
     /// Peak resident set size in bytes.
     pub fn peak_rss(&self) -> u64 {
-        self.status_bytes("VmHWM")
+        status_bytes(self.pid(), "VmHWM")
     }
 
     /// Resident set size now, in bytes.
     pub fn rss(&self) -> u64 {
-        self.status_bytes("VmRSS")
+        status_bytes(self.pid(), "VmRSS")
     }
 
     /// User plus system CPU time so far.
     pub fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // The fields after the command name, which is in parentheses.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime, fields 14 and 15 of proc(5).
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
-            .sum();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+        cpu(self.pid())
     }
+}
+
+/// A size field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+pub(crate) fn status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// User plus system CPU time of process `pid` so far.
+pub(crate) fn cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime, fields 14 and 15 of proc(5).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
 }
 
 fn clock_ticks() -> u64 {

@@ -121,6 +121,11 @@ impl LocalNatsServer {
         &self.url
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
