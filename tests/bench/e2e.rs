@@ -165,7 +165,11 @@ pub async fn stored(
 
 /// The raw acked publish rate.
 pub async fn raw_publish(events: u64) -> anyhow::Result<f64> {
-    let nats = TestNats::start().await?;
+    raw_publish_on(&TestNats::start().await?, events).await
+}
+
+/// The raw acked publish rate on `nats`.
+pub async fn raw_publish_on(nats: &TestNats, events: u64) -> anyhow::Result<f64> {
     let jetstream = jetstream::new(async_nats::connect(nats.url()).await?);
     file_streams(&jetstream, &["PUB"]).await?;
     let started = Instant::now();

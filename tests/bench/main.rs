@@ -99,6 +99,10 @@ async fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        // What `sync_interval: always` costs: the raw acked publish and ingest alone
+        // with the server's default sync interval and with an fsync per write. Needs
+        // nats-server 2.10 or newer (NATS_SERVER_BIN); Debian's 2.9 has no such setting.
+        Some("sync") => return sync_interval_cost().await,
         // The whole pipeline alone, at its highest rate and at 1,000/s, for profiling.
         Some("e2e") => {
             let report = e2e::end_to_end(EVENTS, FIXED_RATE, FIXED_RATE * FIXED_SECONDS).await?;
@@ -382,6 +386,38 @@ async fn soak() -> anyhow::Result<()> {
     anyhow::ensure!(
         requests == expected && distinct == expected,
         "events were lost or doubled"
+    );
+    Ok(())
+}
+
+/// `switchyard-bench sync`: the raw acked publish rate with the server's default sync
+/// interval against `sync_interval: always`, best of two each, on the same server
+/// binary.
+async fn sync_interval_cost() -> anyhow::Result<()> {
+    let events = 20_000;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("sync-always.conf");
+    std::fs::write(&config, "jetstream { sync_interval: always }\n")?;
+    let always_args = || vec!["-c".to_owned(), config.display().to_string()];
+    let (default, ()) = best_of_two("raw publish, default sync", || async {
+        Ok((
+            e2e::raw_publish_on(&TestNats::start().await?, events).await?,
+            (),
+        ))
+    })
+    .await?;
+    let (always, ()) = best_of_two("raw publish, sync_interval: always", || async {
+        let nats = TestNats::start_with(always_args()).await?;
+        Ok((e2e::raw_publish_on(&nats, events).await?, ()))
+    })
+    .await?;
+    println!(
+        "storage                 {}; and the same with sync_interval: always (fsync before each acknowledgement)",
+        storage_settings()
+    );
+    println!(
+        "raw acked publish       {default:>9.0} events/s with the default sync interval, {always:>9.0} events/s with sync_interval: always = {:.0}% of it",
+        always / default * 100.0
     );
     Ok(())
 }
