@@ -109,7 +109,8 @@ pub(crate) async fn deliver(
             .and(message.info().ok())
             .map(|info| {
                 let place = ordering::place(message.headers.as_ref(), info.stream_sequence);
-                shared.gate.enter(message.subject.as_str(), place)
+                let subject = message.subject.as_str();
+                shared.gate.enter(subject, place, info.stream_sequence)
             });
         let delivery = Delivery {
             shared: shared.clone(),

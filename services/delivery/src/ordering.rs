@@ -51,10 +51,11 @@ fn ingest_sequence(message_headers: Option<&HeaderMap>) -> Option<u64> {
     headers::get(message_headers, headers::INGEST_SEQUENCE).and_then(|value| value.parse().ok())
 }
 
-/// In-process turns per ordering subject.
+/// In-process turns per ordering subject, by place and then DELIVER sequence (two
+/// copies of one event have the same place).
 #[derive(Default)]
 pub struct Gate {
-    in_flight: Mutex<HashMap<String, BTreeSet<u64>>>,
+    in_flight: Mutex<HashMap<String, BTreeSet<(u64, u64)>>>,
     changed: Notify,
 }
 
@@ -62,22 +63,24 @@ pub struct Gate {
 pub struct Turn {
     gate: Arc<Gate>,
     subject: String,
-    place: u64,
+    turn: (u64, u64),
 }
 
 impl Gate {
-    /// Registers a message at its [`place`]; call before the message's task starts.
-    pub fn enter(self: &Arc<Self>, subject: &str, place: u64) -> Turn {
+    /// Registers the message at DELIVER `sequence` with its [`place`]; call before
+    /// the message's task starts.
+    pub fn enter(self: &Arc<Self>, subject: &str, place: u64, sequence: u64) -> Turn {
+        let turn = (place, sequence);
         self.in_flight
             .lock()
             .expect("gate lock")
             .entry(subject.to_owned())
             .or_default()
-            .insert(place);
+            .insert(turn);
         Turn {
             gate: self.clone(),
             subject: subject.to_owned(),
-            place,
+            turn,
         }
     }
 }
@@ -94,7 +97,7 @@ impl Turn {
                 .expect("gate lock")
                 .get(&self.subject)
                 .and_then(|set| set.first().copied());
-            if first.is_none_or(|first| first >= self.place) {
+            if first.is_none_or(|first| first >= self.turn) {
                 return;
             }
             notified.await;
@@ -106,7 +109,7 @@ impl Drop for Turn {
     fn drop(&mut self) {
         let mut in_flight = self.gate.in_flight.lock().expect("gate lock");
         if let Some(set) = in_flight.get_mut(&self.subject) {
-            set.remove(&self.place);
+            set.remove(&self.turn);
             if set.is_empty() {
                 in_flight.remove(&self.subject);
             }
@@ -308,9 +311,9 @@ mod tests {
     async fn same_subject_waits_for_the_earlier_one_other_subjects_do_not() {
         let gate = Arc::new(Gate::default());
         // Entered in arrival order; their places say a2 comes after a1.
-        let second = gate.enter("a", 2);
-        let first = gate.enter("a", 1);
-        let other = gate.enter("b", 3);
+        let second = gate.enter("a", 2, 10);
+        let first = gate.enter("a", 1, 11);
+        let other = gate.enter("b", 3, 12);
         tokio::time::timeout(Duration::from_millis(50), other.wait())
             .await
             .expect("b goes at once");
@@ -324,6 +327,24 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(50), second.wait())
             .await
             .expect("a2 goes after a1");
+    }
+
+    #[tokio::test]
+    async fn two_copies_of_one_event_take_turns() {
+        let gate = Arc::new(Gate::default());
+        let first = gate.enter("a", 5, 20);
+        let copy = gate.enter("a", 5, 21);
+        first.wait().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), copy.wait())
+                .await
+                .is_err(),
+            "the copy waits for the first"
+        );
+        drop(first);
+        tokio::time::timeout(Duration::from_millis(50), copy.wait())
+            .await
+            .expect("the copy goes after the first");
     }
 
     #[test]
