@@ -208,7 +208,13 @@ impl Order {
                     // Read recently: wait for the next reading, shared by every waiter.
                     Some(read) if read.elapsed() < FLOOR_EVERY => read + FLOOR_EVERY,
                     _ => {
-                        floor.sequence = floor.sequence.max(self.read_floor().await?);
+                        // Without the consumer nothing is in transform, so nothing
+                        // earlier can still come; not remembered, since transform
+                        // creates the consumer when it starts.
+                        let Some(read) = self.read_floor().await? else {
+                            return Ok(true);
+                        };
+                        floor.sequence = floor.sequence.max(read);
                         floor.read = Some(Instant::now());
                         if floor.sequence + 1 >= ingest {
                             return Ok(true);
@@ -224,16 +230,16 @@ impl Order {
         }
     }
 
-    /// The transform consumer's ack floor on INGEST. Without the consumer nothing is
-    /// in transform, so nothing earlier can still come.
-    async fn read_floor(&self) -> Result<u64, async_nats::Error> {
+    /// The transform consumer's ack floor on INGEST; `None` when there is no such
+    /// consumer.
+    async fn read_floor(&self) -> Result<Option<u64>, async_nats::Error> {
         match self
             .ingest
             .consumer_info(topology::TRANSFORM_CONSUMER)
             .await
         {
-            Ok(info) => Ok(info.ack_floor.stream_sequence),
-            Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(u64::MAX - 1),
+            Ok(info) => Ok(Some(info.ack_floor.stream_sequence)),
+            Err(err) if err.kind() == ConsumerInfoErrorKind::NotFound => Ok(None),
             Err(err) => Err(err.into()),
         }
     }
