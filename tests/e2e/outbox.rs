@@ -152,7 +152,10 @@ fn spawn_writers(
                 postgres.dsn(),
                 writer,
                 rows,
-                Duration::from_millis(10),
+                // 400 rows/s from eight writers: tests that kill something mid-stream
+                // need the writers still writing once 100 rows have arrived, however
+                // slowly the pipeline starts.
+                Duration::from_millis(20),
                 keyed,
                 written.clone(),
             ))

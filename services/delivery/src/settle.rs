@@ -119,6 +119,13 @@ impl Delivery {
         let provider = ProviderLabels {
             provider: self.shared.provider.clone(),
         };
+        // Before the attempt is counted, so a scrape that sees it sees its latency too.
+        if !answer.not_sent {
+            metrics
+                .delivery_duration
+                .get_or_create(&provider)
+                .observe(answer.latency.as_secs_f64());
+        }
         metrics
             .deliveries
             .get_or_create(&DeliveryLabels {
@@ -142,12 +149,6 @@ impl Delivery {
                     .set(now);
             }
             Outcome::Deferred | Outcome::Rejected | Outcome::Exhausted => {}
-        }
-        if !answer.not_sent {
-            metrics
-                .delivery_duration
-                .get_or_create(&provider)
-                .observe(answer.latency.as_secs_f64());
         }
         let mut last = self.shared.last.lock().expect("last outcomes lock");
         match outcome {
