@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::plot;
 use anyhow::Context as _;
 use async_nats::jetstream::{
     self,
@@ -641,32 +642,61 @@ struct Samples {
 }
 
 impl Samples {
-    /// Mean RSS of service `index` over samples taken in `from..to` seconds.
-    fn mean(&self, index: usize, from: f64, to: f64) -> f64 {
-        let window: Vec<u64> = self
-            .rows
+    /// Median RSS of service `index` over samples taken in `from..to` seconds: the
+    /// level it stays at, which a few samples taken in a burst do not move.
+    fn median(&self, index: usize, from: f64, to: f64) -> f64 {
+        let mut window: Vec<u64> = self.window(index, from, to).collect();
+        window.sort_unstable();
+        window.get(window.len() / 2).copied().unwrap_or(0) as f64
+    }
+
+    /// Highest RSS of service `index` over samples taken in `from..to` seconds.
+    fn max(&self, index: usize, from: f64, to: f64) -> f64 {
+        self.window(index, from, to).max().unwrap_or(0) as f64
+    }
+
+    fn window(&self, index: usize, from: f64, to: f64) -> impl Iterator<Item = u64> + '_ {
+        self.rows
             .iter()
-            .filter(|(at, _)| (from..to).contains(at))
-            .map(|(_, rss)| rss[index])
-            .collect();
-        window.iter().sum::<u64>() as f64 / window.len().max(1) as f64
+            .filter(move |(at, _)| (from..to).contains(at))
+            .map(move |(_, rss)| rss[index])
     }
 }
 
-/// The whole pipeline at `rate` events/s for `minutes` (at least 3), open loop, with
-/// every service's RSS sampled every 10 s. Growth compares the mean of the last minute
-/// with the mean of the second: the first is warm-up, while connection pools, caches
-/// and the allocator's arenas fill.
-pub async fn soak(minutes: u64, rate: u64) -> anyhow::Result<Value> {
-    anyhow::ensure!(minutes >= 3, "a soak needs at least 3 minutes");
+/// How long the soak freezes the nats-server each `stall_every`: the transient stall
+/// under which every service once grew in one step and never shrank back.
+const STALL: Duration = Duration::from_millis(1500);
+/// Where the soak's growth is measured from: minutes before it are warm-up, while
+/// connection pools, caches and the allocator's arenas fill.
+const SOAK_WARM_SECONDS: f64 = 300.0;
+
+/// The whole pipeline at `rate` events/s for `minutes` (at least 7), open loop, with
+/// every service's RSS sampled every 5 s and the nats-server frozen for 1.5 s every
+/// `stall_every` minutes (0: never). Growth compares the median of the last minute
+/// with that of minute 5; each stall reports the highest RSS in the minute after it.
+/// Draws the samples into `<target>/bench/soak.png`.
+pub async fn soak(minutes: u64, rate: u64, stall_every: u64) -> anyhow::Result<Value> {
+    anyhow::ensure!(minutes >= 7, "a soak needs at least 7 minutes");
     let stack = Stack::start(&["ingest", "transform", "delivery"]).await?;
     let events = minutes * 60 * rate;
+    let end = minutes as f64 * 60.0;
+    let stalls: Vec<f64> = (1..)
+        .map(|n| (n * stall_every * 60) as f64)
+        .take_while(|at| stall_every > 0 && *at < end - 60.0)
+        .collect();
     let started = Instant::now();
     let sending = AtomicBool::new(true);
     let send = async {
         let sent = stack.post_open_loop(0, events, rate).await;
         sending.store(false, Ordering::Relaxed);
         sent
+    };
+    let stall = async {
+        for at in &stalls {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(*at)).into()).await;
+            stack.processes.nats.stall(STALL).await?;
+        }
+        anyhow::Ok(())
     };
     let sample = async {
         let mut samples = Samples { rows: Vec::new() };
@@ -678,36 +708,44 @@ pub async fn soak(minutes: u64, rate: u64) -> anyhow::Result<Value> {
                 .map(Process::rss)
                 .collect();
             samples.rows.push((started.elapsed().as_secs_f64(), rss));
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
         }
         samples
     };
-    let (sent, samples) = tokio::join!(send, sample);
+    let (sent, stalled, samples) = tokio::join!(send, stall, sample);
     let sent = sent?;
+    stalled?;
     stack.delivered(usize::try_from(events)?).await?;
     let latencies = stack.latencies(0, &sent);
 
-    let end = minutes as f64 * 60.0;
     let mut services = serde_json::Map::new();
     for (index, service) in stack.processes.services().iter().enumerate() {
-        let warm = samples.mean(index, 60.0, 120.0);
-        let last = samples.mean(index, end - 60.0, end + 60.0);
+        let warm = samples.median(index, SOAK_WARM_SECONDS, SOAK_WARM_SECONDS + 60.0);
+        let last = samples.median(index, end - 60.0, end + 60.0);
+        let after_stalls: Vec<f64> = stalls
+            .iter()
+            .map(|at| samples.max(index, *at, at + 60.0) / MIB)
+            .collect();
         services.insert(
             service.name.to_owned(),
             json!({
-                "rss_mib_second_minute": warm / MIB,
+                "rss_mib_minute_5": warm / MIB,
                 "rss_mib_last_minute": last / MIB,
                 "growth": last / warm - 1.0,
                 "peak_rss_mib": service.peak_rss() as f64 / MIB,
+                "peak_rss_mib_after_each_stall": after_stalls,
             }),
         );
     }
+    plot_soak(&stack, &samples, &stalls, rate)?;
     let requests = stack.sink.requests.load(Ordering::Relaxed);
     let distinct = stack.sink.first.lock().expect("sink").len() as u64;
     Ok(json!({
         "minutes": minutes,
         "events_per_second": rate,
         "events": events,
+        "stalls_seconds": stalls,
+        "stall_ms": STALL.as_millis(),
         "latency_ms": { "p50": percentile(&latencies, 50.0), "p99": percentile(&latencies, 99.0), "p99_9": percentile(&latencies, 99.9) },
         "services": services,
         "samples": samples.rows.iter().map(|(at, rss)| json!({ "seconds": at, "rss_mib": rss.iter().map(|b| *b as f64 / MIB).collect::<Vec<_>>() })).collect::<Vec<_>>(),
@@ -715,4 +753,40 @@ pub async fn soak(minutes: u64, rate: u64) -> anyhow::Result<Value> {
         "sink_requests": requests,
         "sink_distinct_events": distinct,
     }))
+}
+
+/// Draws every service's RSS over the soak, with its stalls and minute 5 marked.
+fn plot_soak(stack: &Stack, samples: &Samples, stalls: &[f64], rate: u64) -> anyhow::Result<()> {
+    let minutes = |seconds: f64| seconds / 60.0;
+    let series = stack
+        .processes
+        .services()
+        .iter()
+        .enumerate()
+        .map(|(index, service)| plot::Series {
+            name: service.name,
+            points: samples
+                .rows
+                .iter()
+                .map(|(at, rss)| (minutes(*at), rss[index] as f64 / MIB))
+                .collect(),
+        })
+        .collect();
+    let title = format!(
+        "RSS of each service under {rate} events/s, nats-server frozen {:.1} s at each grey line",
+        STALL.as_secs_f64()
+    );
+    let mut marks = vec![(minutes(SOAK_WARM_SECONDS), "minute 5")];
+    marks.extend(stalls.iter().map(|at| (minutes(*at), "stall")));
+    let path = switchyard_tests::target_dir().join("bench/soak.png");
+    plot::Chart {
+        title: &title,
+        x_label: "minutes",
+        y_label: "RSS, MiB",
+        series,
+        marks,
+    }
+    .write_png(&path)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

@@ -149,6 +149,23 @@ impl TestNats {
         Ok(())
     }
 
+    /// Freezes every node for `duration` (SIGSTOP, then SIGCONT): the server neither
+    /// answers nor drops a connection, as in a long GC pause or a stalled disk.
+    pub async fn stall(&self, duration: Duration) -> anyhow::Result<()> {
+        let signal = |name: &str| -> anyhow::Result<()> {
+            for pid in self.servers.iter().filter_map(LocalNatsServer::pid) {
+                let status = std::process::Command::new("kill")
+                    .args([name, &pid.to_string()])
+                    .status()?;
+                anyhow::ensure!(status.success(), "kill {name} {pid}: {status}");
+            }
+            Ok(())
+        };
+        signal("-STOP")?;
+        tokio::time::sleep(duration).await;
+        signal("-CONT")
+    }
+
     /// Kills one node of a cluster, `n0`, `n1`, …, with SIGKILL.
     pub async fn kill_node(&mut self, name: &str) {
         let node: usize = name

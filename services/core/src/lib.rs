@@ -34,3 +34,10 @@ pub mod telemetry;
 pub mod topology;
 
 pub use error::{BoxError, Error};
+
+/// Every Switchyard process allocates with jemalloc, built (`.cargo/config.toml`) to
+/// return memory freed after a burst to the system within seconds. glibc's malloc
+/// keeps it: after a 1.5 s NATS stall, ingest's 750 extra connections were closed
+/// again, yet its RSS stayed twice what it was.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
