@@ -457,6 +457,20 @@ mod tests {
         .unwrap()
     }
 
+    /// A client of `guard` for a provider without TLS settings.
+    fn client(guard: &Guard) -> reqwest::Client {
+        guard
+            .client(ClientOptions {
+                owner: "provider test",
+                timeout: Some(Duration::from_secs(5)),
+                connect_timeout: Duration::from_secs(5),
+                redirects: 0,
+                tls: None,
+                secrets: &SecretSource::new("/nonexistent"),
+            })
+            .unwrap()
+    }
+
     fn class(guard: &Guard, address: &str) -> Option<&'static str> {
         guard.check(address.parse().unwrap()).err().map(|r| r.class)
     }
@@ -570,16 +584,7 @@ providers:
 
     #[tokio::test]
     async fn a_name_that_resolves_to_a_refused_address_is_blocked_before_connecting() {
-        let client = guard(&[], &[])
-            .client(ClientOptions {
-                owner: "provider test",
-                timeout: Some(Duration::from_secs(5)),
-                connect_timeout: Duration::from_secs(5),
-                redirects: 0,
-                tls: None,
-                secrets: &SecretSource::new("/nonexistent"),
-            })
-            .unwrap();
+        let client = client(&guard(&[], &[]));
         let err = client.get("http://localhost:9/").send().await.unwrap_err();
         let failure = Failure::of(&err);
         assert_eq!(failure.kind, FailureKind::Blocked, "{failure:?}");
@@ -618,16 +623,7 @@ providers:
                 });
             }
         });
-        let client = guard(&["127.0.0.0/8"], &[])
-            .client(ClientOptions {
-                owner: "provider test",
-                timeout: Some(Duration::from_secs(5)),
-                connect_timeout: Duration::from_secs(5),
-                redirects: 0,
-                tls: None,
-                secrets: &SecretSource::new("/nonexistent"),
-            })
-            .unwrap();
+        let client = client(&guard(&["127.0.0.0/8"], &[]));
 
         let burst = (0..64).map(|_| client.get(&url).send());
         for answer in futures::future::join_all(burst).await {
