@@ -366,7 +366,7 @@ async fn soak() -> anyhow::Result<()> {
     let report = e2e::soak(minutes, rate, stall_every).await?;
     let latency = &report["latency_ms"];
     println!(
-        "soak: {} events at {rate}/s for {minutes} min; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; nats-server frozen {} ms at {:?} s",
+        "soak: {} events at {rate}/s for {minutes} min; latency p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms; nats-server frozen {} ms at {} s",
         report["events"],
         latency["p50"].as_f64().unwrap_or_default(),
         latency["p99"].as_f64().unwrap_or_default(),
