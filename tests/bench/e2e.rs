@@ -778,7 +778,7 @@ fn plot_soak(stack: &Stack, samples: &Samples, stalls: &[f64], rate: u64) -> any
     );
     let mut marks = vec![(minutes(SOAK_WARM_SECONDS), "minute 5")];
     marks.extend(stalls.iter().map(|at| (minutes(*at), "stall")));
-    let path = switchyard_tests::target_dir().join("bench/soak.png");
+    let path = switchyard_tests::report_path("soak.png")?;
     plot::Chart {
         title: &title,
         x_label: "minutes",

@@ -300,3 +300,70 @@ async fn connections_above_the_cap_wait_until_one_closes() {
     );
     assert_eq!(pipeline.stream_len("INGEST").await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_in_flight_wait_for_a_place_while_nats_is_stalled() {
+    let (pipeline, provider) = pipeline_with(|settings| settings.ingest.max_in_flight = 2).await;
+    // Two clients that send their headers and a part of the body, and then nothing:
+    // they hold connections, not places.
+    let mut tricklers = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(address(&pipeline)).await.unwrap();
+        stream
+            .write_all(b"POST /v1/events/shop?type=order.created HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 64\r\n\r\n{\"id\":")
+            .await
+            .unwrap();
+        tricklers.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let first = pipeline
+        .post("shop", "order.created", &order("wait-0", 1), Some("wait-0"))
+        .await;
+    assert_eq!(first.status(), 202);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "an event beside two trickled bodies took {:?}",
+        started.elapsed()
+    );
+
+    // While NATS is frozen, two requests wait for their acks and the other four wait
+    // for a place; once it answers, all six are stored and delivered once.
+    let stall = pipeline.nats.stall(Duration::from_secs(2));
+    let sender = &pipeline;
+    let burst = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let posts = (1..=6).map(|i| {
+            let key = format!("wait-{i}");
+            async move {
+                sender
+                    .post("shop", "order.created", &order(&key, 1), Some(&key))
+                    .await
+                    .status()
+            }
+        });
+        futures::future::join_all(posts).await
+    };
+    let gauge = async {
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        switchyard_core::metrics::encode()
+    };
+    let (stalled, statuses, metrics) = tokio::join!(stall, burst, gauge);
+    stalled.unwrap();
+    assert!(
+        metrics.contains("switchyard_ingest_requests_waiting 4\n"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|line| line.contains("waiting"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(statuses.iter().all(|status| *status == 202), "{statuses:?}");
+    provider.wait_for_accepted(7, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(provider.received().len(), 7, "each event delivered once");
+    assert_eq!(pipeline.stream_len("INGEST").await, 7);
+    assert!(switchyard_core::metrics::encode().contains("switchyard_ingest_requests_waiting 0\n"));
+    drop(tricklers);
+}

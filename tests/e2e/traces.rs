@@ -496,6 +496,7 @@ async fn a_batch_ingest_request_has_one_publish_span_parenting_each_member() {
     provider.wait_for_accepted(3, Duration::from_secs(30)).await;
 
     // receive and one publish in ingest, then a process span per member in transform.
+    // Each process exports on its own schedule: wait for both.
     let spans = eventually(Duration::from_secs(20), "the members' spans", || async {
         let spans = receiver.spans();
         let processed = spans
@@ -504,7 +505,10 @@ async fn a_batch_ingest_request_has_one_publish_span_parenting_each_member() {
                 service == "switchyard-transform" && span.name.starts_with("process ingest")
             })
             .count();
-        (processed == 3).then_some(spans)
+        let published = spans.iter().any(|(service, span)| {
+            service == "switchyard-ingest" && span.name.starts_with("publish")
+        });
+        (processed == 3 && published).then_some(spans)
     })
     .await;
     let publishes: Vec<_> = spans

@@ -245,12 +245,18 @@ pub fn target_dir() -> std::path::PathBuf {
     )
 }
 
-/// Writes a measurement report as `<target>/bench/<file>` and says where.
-pub fn write_report(file: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+/// Where a measurement writes `file`: `<target>/bench/<file>`, its directory created.
+pub fn report_path(file: &str) -> anyhow::Result<std::path::PathBuf> {
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join(file), serde_json::to_vec_pretty(report)?)?;
-    println!("wrote {}", dir.join(file).display());
+    Ok(dir.join(file))
+}
+
+/// Writes a measurement report as `<target>/bench/<file>` and says where.
+pub fn write_report(file: &str, report: &serde_json::Value) -> anyhow::Result<()> {
+    let path = report_path(file)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(report)?)?;
+    println!("wrote {}", path.display());
     Ok(())
 }
 

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub last_success: Family<ProviderRouteLabels, Gauge<f64, AtomicU64>>,
     /// HTTP requests to ingest per source, endpoint and status.
     pub ingest_requests: Family<IngestLabels, Counter>,
+    /// Ingest requests whose body has arrived, waiting for a place (`ingest.max_in_flight`).
+    pub ingest_requests_waiting: Gauge,
     /// Events stored in INGEST per source (duplicates not counted).
     pub events_published: Family<SourceLabels, Counter>,
     /// Rows waiting in a source's outbox table (at its last count).
@@ -254,6 +256,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "HTTP requests to ingest per source, endpoint and status",
         Family::<IngestLabels, Counter>::default(),
     );
+    let ingest_requests_waiting = metrics.add(
+        "ingest_requests_waiting",
+        "Ingest requests whose body has arrived, waiting for one of ingest.max_in_flight places",
+        Gauge::default(),
+    );
     let events_published = metrics.add(
         "events_published",
         "Events stored in INGEST per source, duplicates not counted",
@@ -320,6 +327,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rate_limit_wait,
         last_success,
         ingest_requests,
+        ingest_requests_waiting,
         events_published,
         source_rows_waiting,
         source_bytes_behind,

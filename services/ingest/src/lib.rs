@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+mod admit;
 mod batch;
 mod cdc;
 mod observe;
@@ -79,6 +80,8 @@ struct Ingest {
     max_body_bytes: usize,
     max_batch_events: usize,
     publish_timeout: Duration,
+    /// Places for requests being served at once (`ingest.max_in_flight`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 /// Serves the ingest API on `listener`, and runs the pollers, until `shutdown`.
@@ -102,6 +105,7 @@ pub async fn run(
         max_body_bytes: settings.ingest.max_body_bytes,
         max_batch_events: settings.ingest.max_batch_events,
         publish_timeout: settings.ingest.publish_timeout,
+        in_flight: tokio::sync::Semaphore::new(settings.ingest.max_in_flight),
     });
     outbox::check_at_start(&state)
         .await
@@ -127,7 +131,11 @@ fn router(state: Arc<Ingest>) -> Router {
         .route("/v1/events/{source}", post(accept_event))
         .route("/v1/events/{source}/batch", post(batch::accept_batch))
         .route("/webhooks/{source}", post(accept_webhook))
-        .layer(axum::middleware::from_fn(observe_request));
+        .layer(axum::middleware::from_fn(observe_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admit::admit,
+        ));
     Router::new()
         .merge(counted)
         .route("/healthz", get(|| async { "ok" }))

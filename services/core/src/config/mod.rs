@@ -135,6 +135,11 @@ impl Settings {
                 "must be 1-100000",
             ),
             (
+                self.ingest.max_in_flight > 0,
+                "ingest.max_in_flight",
+                "must be positive",
+            ),
+            (
                 !self.ingest.publish_timeout.is_zero(),
                 "ingest.publish_timeout",
                 "must be longer than 0s",
@@ -300,6 +305,7 @@ mod tests {
                 ("SWITCHYARD__TOPOLOGY__REPLICAS", "7"),
                 ("SWITCHYARD__INGEST__HTTP__MAX_HEADER_LINE_BYTES", "999999"),
                 ("SWITCHYARD__ADMIN__HTTP__MAX_CONNECTIONS", "0"),
+                ("SWITCHYARD__INGEST__MAX_IN_FLIGHT", "0"),
                 ("SWITCHYARD__OUTBOUND__ALLOW", "10.0.0.0/8,not-a-range"),
             ]),
         )
@@ -309,6 +315,7 @@ mod tests {
             "topology.replicas",
             "ingest.http.max_header_line_bytes",
             "admin.http.max_connections",
+            "ingest.max_in_flight",
             "outbound.allow[1]",
         ] {
             assert!(err.contains(key), "{key} in {err}");

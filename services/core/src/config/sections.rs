@@ -258,6 +258,9 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     /// Most events in one `POST /v1/events/{source}/batch` (within `max_body_bytes`).
     pub max_batch_events: usize,
+    /// Requests served at once, counted once their body has arrived; more wait on
+    /// their connections until one is answered.
+    pub max_in_flight: usize,
     /// Longest wait for JetStream to store an event before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -417,6 +420,7 @@ impl Default for IngestSettings {
             http: HttpLimits::default(),
             max_body_bytes: 1 << 20,
             max_batch_events: 1_000,
+            max_in_flight: 256,
             publish_timeout: Duration::from_secs(5),
             poll_lease_ttl: Duration::from_secs(10),
         }
