@@ -10,7 +10,7 @@
 //! off by `body_timeout`) holds a connection, not one of the places.
 
 use axum::{
-    body::{Body, Bytes},
+    body::{Body, Bytes, HttpBody},
     extract::{Request, State},
     middleware::Next,
     response::Response,
@@ -59,8 +59,13 @@ impl Drop for Waiting {
 
 /// Reads `body` until it ends, fails, or passes `limit` bytes, and returns a body that
 /// yields the same: what was read, then the failure or the unread rest. The handler
-/// reads it as it would have read the original, and answers 408, 413 or 400 alike.
+/// reads it as it would have read the original, and answers 408, 413 or 400 alike. A
+/// body whose declared length is over `limit` is not read: the handler refuses it at
+/// once.
 async fn arrived(mut body: Body, limit: usize) -> Body {
+    if body.size_hint().lower() > limit as u64 {
+        return body;
+    }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut size = 0;
     loop {
@@ -116,6 +121,34 @@ mod tests {
             .unwrap_err()
             .into_inner();
         assert!(err.is::<http_body_util::LengthLimitError>(), "{err}");
+    }
+
+    /// A body that declares 1,000 bytes and never sends them.
+    struct Declared;
+
+    impl http_body::Body for Declared {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(1_000)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_declared_over_the_limit_is_not_read() {
+        let waited = std::time::Duration::from_secs(1);
+        let body = tokio::time::timeout(waited, arrived(Body::new(Declared), 100))
+            .await
+            .expect("the body is not waited for");
+        assert_eq!(body.size_hint().exact(), Some(1_000));
     }
 
     #[tokio::test]
