@@ -79,3 +79,38 @@ async fn a_standby_takes_over_within_15s_after_the_active_replica_is_killed() {
     );
     eprintln!("requests repeated after the kill: {repeats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_a_lease_waits_out_nats_being_unavailable() {
+    let provider = FakeProvider::start().await;
+    let pipeline = Pipeline::start_without_delivery(&catalog(provider.url()))
+        .await
+        .unwrap();
+    // Requests time out long before the server answers again, as while a cluster
+    // elects a new leader; a replica standing by must keep trying, not stop.
+    let mut jetstream = async_nats::jetstream::new(pipeline.client.clone());
+    jetstream.set_timeout(Duration::from_millis(300));
+    let shutdown = switchyard_core::shutdown::Shutdown::new();
+    let started = Instant::now();
+    let stall = pipeline.nats.stall(Duration::from_secs(2));
+    let take = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        switchyard_core::lease::acquire(
+            &jetstream,
+            "test.unavailable",
+            "replica-x",
+            Duration::from_secs(10),
+            &shutdown,
+        )
+        .await
+    };
+    let (stalled, lease) = tokio::join!(stall, take);
+    stalled.unwrap();
+    assert!(lease.is_some(), "the lease is taken once NATS answers");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let held = pipeline
+        .kv_json("switchyard-leases", "test.unavailable")
+        .await
+        .expect("the lease is stored");
+    assert_eq!(held["holder"], "replica-x");
+}

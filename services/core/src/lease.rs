@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use crate::{Error, shutdown::Shutdown, topology};
+use crate::{shutdown::Shutdown, topology};
 use async_nats::jetstream::{
     self,
     kv::{self, Operation},
@@ -56,11 +56,22 @@ pub async fn acquire(
     instance: &str,
     ttl: Duration,
     shutdown: &Shutdown,
-) -> Result<Option<Lease>, Error> {
-    let kv = jetstream
-        .get_key_value(topology::LEASES_BUCKET)
-        .await
-        .map_err(Error::nats)?;
+) -> Option<Lease> {
+    // The bucket exists (start-up ensured the topology), so a failure to open it is
+    // NATS being unavailable for a while, as during a cluster's leader election: wait
+    // it out like any other unreadable lease, not stop the caller.
+    let kv = loop {
+        match jetstream.get_key_value(topology::LEASES_BUCKET).await {
+            Ok(kv) => break kv,
+            Err(err) => {
+                tracing::warn!(lease = key, error = %err, "cannot open the lease bucket");
+                shutdown.sleep(STANDBY_POLL).await;
+                if shutdown.is_shutting_down() {
+                    return None;
+                }
+            }
+        }
+    };
     let key = key.to_owned();
     let value: bytes::Bytes = serde_json::to_vec(&Holder {
         holder: instance.to_owned(),
@@ -71,7 +82,7 @@ pub async fn acquire(
     let mut announced = String::new();
     loop {
         if shutdown.is_shutting_down() {
-            return Ok(None);
+            return None;
         }
         let taken = match kv.entry(&key).await {
             Ok(None) => kv.create(&key, value.clone()).await.ok(),
@@ -116,14 +127,14 @@ pub async fn acquire(
         };
         if let Some(revision) = taken {
             tracing::info!(lease = key, instance, "holding the lease; active");
-            return Ok(Some(Lease {
+            return Some(Lease {
                 kv,
                 key,
                 value,
                 revision,
                 ttl,
                 renewed: Instant::now(),
-            }));
+            });
         }
         shutdown.sleep(STANDBY_POLL).await;
     }

@@ -186,7 +186,7 @@ pub async fn run(settings: Settings, provider: String, shutdown: Shutdown) -> Re
             settings.delivery.lease_ttl,
             &shutdown,
         )
-        .await?
+        .await
         else {
             break;
         };

@@ -86,7 +86,7 @@ impl Poller {
             .map_err(switchyard_core::Error::nats)?;
         let key = format!("poll.{}", self.source);
         loop {
-            let Some(mut held) = lease::acquire(jetstream, &key, instance, ttl, &self.stop).await?
+            let Some(mut held) = lease::acquire(jetstream, &key, instance, ttl, &self.stop).await
             else {
                 return Ok(());
             };

@@ -157,8 +157,7 @@ pub(crate) async fn while_leased(
 ) -> Result<(), switchyard_core::Error> {
     let source = reader.source();
     loop {
-        let Some(mut held) =
-            lease::acquire(&state.nats.jetstream, key, instance, ttl, stop).await?
+        let Some(mut held) = lease::acquire(&state.nats.jetstream, key, instance, ttl, stop).await
         else {
             return Ok(());
         };
