@@ -159,7 +159,11 @@ async fn the_control_api_refuses_to_start_open_unless_asked() {
     settings.control.allow_unauthenticated = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let shutdown = switchyard_core::shutdown::Shutdown::new();
-    let err = switchyard_control::run(settings, listener, shutdown)
+    let listeners = switchyard_control::Listeners {
+        grpc: listener,
+        console: None,
+    };
+    let err = switchyard_control::run(settings, listeners, shutdown)
         .await
         .unwrap_err()
         .to_string();

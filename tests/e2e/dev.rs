@@ -22,6 +22,7 @@ async fn dev(nats: &TestNats, env: &[(&str, &str)]) -> (tokio::process::Child, S
         .env("SWITCHYARD__ADMIN__LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD__DEV__ECHO_LISTEN", "127.0.0.1:0")
         .env("SWITCHYARD__CONTROL__LISTEN", "127.0.0.1:0")
+        .env("SWITCHYARD__CONTROL__CONSOLE__LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);

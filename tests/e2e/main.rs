@@ -8,6 +8,7 @@ mod cdc;
 mod chaos;
 mod chart;
 mod cluster;
+mod console;
 mod control;
 mod dead_letters;
 mod delivery;

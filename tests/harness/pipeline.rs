@@ -27,6 +27,8 @@ pub struct Pipeline {
     pub ingest_url: String,
     /// URL of the control API.
     pub control_url: String,
+    /// Base URL of the operator console, e.g. `http://127.0.0.1:41236`.
+    pub console_url: String,
     /// The settings every service was started with.
     pub settings: Settings,
     /// HTTP client for ingest.
@@ -99,8 +101,10 @@ impl Pipeline {
         let local = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let ingest = switchyard_core::http::bind(local).await?;
         let control = switchyard_core::http::bind(local).await?;
+        let console = switchyard_core::http::bind(local).await?;
         let ingest_url = format!("http://{}", ingest.local_addr()?);
         let control_url = format!("http://{}", control.local_addr()?);
+        let console_url = format!("http://{}", console.local_addr()?);
         shutdown.spawn(
             "ingest",
             switchyard_ingest::run(settings.clone(), ingest, shutdown.clone()),
@@ -111,7 +115,14 @@ impl Pipeline {
         );
         shutdown.spawn(
             "control",
-            switchyard_control::run(settings.clone(), control, shutdown.clone()),
+            switchyard_control::run(
+                settings.clone(),
+                switchyard_control::Listeners {
+                    grpc: control,
+                    console: Some(console),
+                },
+                shutdown.clone(),
+            ),
         );
 
         let pipeline = Self {
@@ -120,6 +131,7 @@ impl Pipeline {
             nats,
             ingest_url,
             control_url,
+            console_url,
             settings,
             http: reqwest::Client::new(),
             shutdown,

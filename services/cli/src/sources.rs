@@ -29,7 +29,7 @@ pub async fn run(command: SourcesCommand, connection: Connection) -> Result<Outp
     let statuses = match source {
         None => {
             client
-                .list_source_status(ListSourceStatusRequest {})
+                .list_source_status(ListSourceStatusRequest { all: false })
                 .await?
                 .into_inner()
                 .sources

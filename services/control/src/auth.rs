@@ -53,15 +53,30 @@ impl Authenticate {
             open: settings.api_keys.is_empty(),
         })
     }
+
+    /// Whether every caller is let in as admin, without a key.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// The caller of an unauthenticated control API.
+    pub fn anonymous() -> Caller {
+        Caller {
+            name: "anonymous".into(),
+            scope: Scope::Admin,
+        }
+    }
+
+    /// Who holds `key`, if it is one of the configured keys.
+    pub fn caller_of(&self, key: &str) -> Option<Caller> {
+        self.keys.find(key).cloned()
+    }
 }
 
 impl Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let caller = if self.open {
-            Caller {
-                name: "anonymous".into(),
-                scope: Scope::Admin,
-            }
+            Self::anonymous()
         } else {
             let header = |name| request.metadata().get(name).and_then(|v| v.to_str().ok());
             let key = apikey::presented(header("authorization"), header("x-api-key")).ok_or_else(
@@ -71,9 +86,7 @@ impl Interceptor for Authenticate {
                     )
                 },
             )?;
-            self.keys
-                .find(key)
-                .cloned()
+            self.caller_of(key)
                 .ok_or_else(|| Status::unauthenticated("unknown API key"))?
         };
         request.extensions_mut().insert(caller);

@@ -1,12 +1,15 @@
 //! Switchyard control: the gRPC API (package `switchyard.v1`).
 //!
 //! Serves the catalog, mapping dry-run and replay APIs, `grpc.health.v1`, and server reflection in both the v1 and
-//! v1alpha protocols so that grpcurl of any age can list and call the services.
+//! v1alpha protocols so that grpcurl of any age can list and call the services; and,
+//! on its own listener, the operator console ([`console`]), which renders the same
+//! service layer in a browser.
 
 #![forbid(unsafe_code)]
 
 mod auth;
 mod catalog;
+mod console;
 mod dead_letters;
 mod error;
 mod events;
@@ -61,10 +64,33 @@ const GRPC_MAX_STREAMS: u32 = 128;
 /// Largest header block of a gRPC call.
 const GRPC_MAX_HEADER_BYTES: u32 = 64 * 1024;
 
-/// Serves the control API on `listener` until `shutdown` starts draining.
+/// The listeners control serves, bound by the caller.
+pub struct Listeners {
+    /// The gRPC API (`control.listen`).
+    pub grpc: TcpListener,
+    /// The operator console (`control.console.listen`), when it is served.
+    pub console: Option<TcpListener>,
+}
+
+/// The service layer: what the gRPC API serves and the console renders, so each query
+/// and action exists once.
+#[derive(Clone)]
+pub(crate) struct Apis {
+    pub catalog: CatalogApi,
+    pub mappings: MappingApi,
+    pub replay: ReplayApi,
+    pub providers: ProviderApi,
+    pub dead_letters: DeadLetterApi,
+    pub events: EventApi,
+    pub sources: SourceApi,
+    pub stats: StatsApi,
+}
+
+/// Serves the control API, and the console when it has a listener, until `shutdown`
+/// starts draining.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
     let authenticate = Authenticate::new(&settings.control).map_err(Error::Settings)?;
@@ -73,8 +99,43 @@ pub async fn run(
     let nats = nats::connect(&settings.nats, "control").await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
-    let providers = ProviderApi::new(store.clone(), nats.clone()).await?;
+    let apis = Apis {
+        catalog: CatalogApi::new(store.clone(), guard),
+        mappings: MappingApi::new(store.clone()),
+        replay: ReplayApi::new(nats.jetstream.clone()),
+        providers: ProviderApi::new(store.clone(), nats.clone()).await?,
+        dead_letters: DeadLetterApi::new(nats.jetstream.clone()),
+        events: EventApi::new(nats.jetstream.clone(), store.clone()),
+        sources: SourceApi::new(store.clone(), nats.clone()),
+        stats: StatsApi::new(nats.jetstream.clone(), store),
+    };
+    let console = listeners.console.map(|listener| {
+        let console = console::Console::new(
+            apis.clone(),
+            authenticate.clone(),
+            settings.control.console.clone(),
+        );
+        console::serve(listener, console, shutdown.clone())
+    });
+    let grpc = serve_grpc(&settings, listeners.grpc, apis, authenticate, tls, shutdown);
+    match console {
+        Some(console) => {
+            tokio::try_join!(grpc, async { console.await.map_err(Error::Io) })?;
+        }
+        None => grpc.await?,
+    }
+    Ok(())
+}
 
+/// Serves the gRPC API on `listener`.
+async fn serve_grpc(
+    settings: &Settings,
+    listener: TcpListener,
+    apis: Apis,
+    authenticate: Authenticate,
+    tls: Option<ServerTlsConfig>,
+    shutdown: Shutdown,
+) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<proto::catalog_service_server::CatalogServiceServer<CatalogApi>>()
@@ -133,49 +194,49 @@ pub async fn run(
         .add_service(reflection_v1alpha)
         .add_service(
             proto::catalog_service_server::CatalogServiceServer::with_interceptor(
-                CatalogApi::new(store.clone(), guard),
+                apis.catalog,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::mapping_service_server::MappingServiceServer::with_interceptor(
-                MappingApi::new(store.clone()),
+                apis.mappings,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::replay_service_server::ReplayServiceServer::with_interceptor(
-                ReplayApi::new(nats.jetstream.clone()),
+                apis.replay,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::provider_service_server::ProviderServiceServer::with_interceptor(
-                providers,
+                apis.providers,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::dead_letter_service_server::DeadLetterServiceServer::with_interceptor(
-                DeadLetterApi::new(nats.jetstream.clone()),
+                apis.dead_letters,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::event_service_server::EventServiceServer::with_interceptor(
-                EventApi::new(nats.jetstream.clone(), store.clone()),
+                apis.events,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::source_service_server::SourceServiceServer::with_interceptor(
-                SourceApi::new(store.clone(), nats.clone()),
+                apis.sources,
                 authenticate.clone(),
             ),
         )
         .add_service(
             proto::stats_service_server::StatsServiceServer::with_interceptor(
-                StatsApi::new(nats.jetstream.clone(), store),
+                apis.stats,
                 authenticate,
             ),
         )

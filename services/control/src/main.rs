@@ -19,10 +19,15 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let service = Service::start(args.config.as_deref(), "control").await?;
     let settings = service.settings.clone();
-    let listener = service
+    let grpc = service
         .bind(settings.control.listen, "control.listen")
         .await?;
-    let run = switchyard_control::run(settings, listener, service.shutdown.clone());
+    let console = match settings.control.console.listen {
+        Some(address) => Some(service.bind(address, "control.console.listen").await?),
+        None => None,
+    };
+    let listeners = switchyard_control::Listeners { grpc, console };
+    let run = switchyard_control::run(settings, listeners, service.shutdown.clone());
     service.run(run, Duration::from_secs(30)).await?;
     Ok(())
 }

@@ -164,6 +164,18 @@ impl ProviderApi {
                 status.last_success = live.last_success.as_deref().and_then(timestamp);
                 status.last_failure = live.last_failure.as_deref().and_then(timestamp);
                 status.last_failure_reason = live.last_failure_reason.unwrap_or_default();
+                status.recent = live
+                    .recent
+                    .iter()
+                    .map(|count| proto::MinuteCount {
+                        minute: Some(prost_types::Timestamp {
+                            seconds: count.minute,
+                            nanos: 0,
+                        }),
+                        delivered: count.delivered,
+                        failed: count.failed,
+                    })
+                    .collect();
             }
             None => {
                 let record = stored_breaker.unwrap_or(BreakerRecord {

@@ -93,6 +93,78 @@ pub struct LiveStatus {
     pub last_failure: Option<String>,
     /// Why it failed.
     pub last_failure_reason: Option<String>,
+    /// Attempts of the last [`RECENT_MINUTES`] minutes, oldest first.
+    #[serde(default)]
+    pub recent: Vec<MinuteCount>,
+}
+
+/// How many minutes of attempts [`Recent`] keeps.
+pub const RECENT_MINUTES: usize = 10;
+
+/// What one minute's delivery attempts came to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MinuteCount {
+    /// The minute's start, in Unix seconds.
+    pub minute: i64,
+    /// Attempts the provider accepted.
+    pub delivered: u64,
+    /// Attempts that failed: retried, rejected or out of attempts.
+    pub failed: u64,
+}
+
+/// Delivery attempts per minute over the last [`RECENT_MINUTES`] minutes; time comes
+/// in as Unix seconds, so it is exact under test.
+#[derive(Debug, Default)]
+pub struct Recent {
+    minutes: std::collections::VecDeque<MinuteCount>,
+}
+
+impl Recent {
+    /// Counts one attempt at `now`.
+    pub fn record(&mut self, now: i64, delivered: bool) {
+        let minute = now - now.rem_euclid(60);
+        if self.minutes.back().is_none_or(|last| last.minute < minute) {
+            self.minutes.push_back(MinuteCount {
+                minute,
+                ..MinuteCount::default()
+            });
+        }
+        let oldest = minute - 60 * (RECENT_MINUTES as i64 - 1);
+        while self
+            .minutes
+            .front()
+            .is_some_and(|first| first.minute < oldest)
+        {
+            self.minutes.pop_front();
+        }
+        if let Some(last) = self.minutes.back_mut() {
+            if delivered {
+                last.delivered += 1;
+            } else {
+                last.failed += 1;
+            }
+        }
+    }
+
+    /// Every one of the last [`RECENT_MINUTES`] minutes at `now`, oldest first, the
+    /// minutes without attempts at zero; the last is the minute under way.
+    pub fn minutes(&self, now: i64) -> Vec<MinuteCount> {
+        let current = now - now.rem_euclid(60);
+        (0..RECENT_MINUTES as i64)
+            .rev()
+            .map(|ago| {
+                let minute = current - 60 * ago;
+                self.minutes
+                    .iter()
+                    .find(|count| count.minute == minute)
+                    .copied()
+                    .unwrap_or(MinuteCount {
+                        minute,
+                        ..MinuteCount::default()
+                    })
+            })
+            .collect()
+    }
 }
 
 /// The subject the active delivery process of `provider` answers [`Command`]s on.
@@ -122,4 +194,43 @@ pub struct SourceStatus {
 /// The subject the active reader of `source` answers status requests on.
 pub fn source_subject(source: &str) -> String {
     format!("switchyard.control.source.{source}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempts_are_counted_per_minute_for_ten_minutes() {
+        let mut recent = Recent::default();
+        let start = 1_800_000_000; // a whole minute
+        recent.record(start + 5, true);
+        recent.record(start + 59, false);
+        recent.record(start + 60, true);
+        recent.record(start + 61, true);
+        let minutes = recent.minutes(start + 90);
+        assert_eq!(minutes.len(), RECENT_MINUTES);
+        let at = |minute, delivered, failed| MinuteCount {
+            minute,
+            delivered,
+            failed,
+        };
+        assert_eq!(minutes[8], at(start, 1, 1));
+        assert_eq!(minutes[9], at(start + 60, 2, 0));
+        assert!(minutes[..8].iter().all(|m| m.delivered + m.failed == 0));
+        assert_eq!(minutes[0].minute, start + 60 - 9 * 60);
+
+        // Nine minutes on, the first minute has gone, and a quiet stretch reads as zeros.
+        recent.record(start + 600, false);
+        let minutes = recent.minutes(start + 600);
+        assert_eq!(minutes[0], at(start + 60, 2, 0));
+        assert_eq!(minutes[9], at(start + 600, 0, 1));
+        assert_eq!(recent.minutes.len(), 2, "nothing older is kept");
+        assert!(
+            recent
+                .minutes(start + 3600)
+                .iter()
+                .all(|m| m.delivered + m.failed == 0)
+        );
+    }
 }

@@ -129,6 +129,7 @@ struct Shared {
 struct LastOutcomes {
     success: Option<String>,
     failure: Option<(String, String)>,
+    recent: switchyard_core::operator::Recent,
 }
 
 /// Delivers to `provider` until `shutdown` starts draining, then finishes what is in

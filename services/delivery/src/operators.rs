@@ -149,6 +149,9 @@ impl Shared {
             last_success: last.success.clone(),
             last_failure: last.failure.as_ref().map(|(at, _)| at.clone()),
             last_failure_reason: last.failure.as_ref().map(|(_, why)| why.clone()),
+            recent: last
+                .recent
+                .minutes(time::OffsetDateTime::now_utc().unix_timestamp()),
         }
     }
 }

@@ -150,13 +150,18 @@ impl Delivery {
             }
             Outcome::Deferred | Outcome::Rejected | Outcome::Exhausted => {}
         }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut last = self.shared.last.lock().expect("last outcomes lock");
         match outcome {
-            Outcome::Delivered => last.success = Some(event::now_rfc3339()),
+            Outcome::Delivered => {
+                last.success = Some(event::now_rfc3339());
+                last.recent.record(now, true);
+            }
             Outcome::Deferred => {}
             Outcome::Retry | Outcome::Rejected | Outcome::Exhausted => {
                 let why = reason.unwrap_or(outcome.as_str()).to_owned();
                 last.failure = Some((event::now_rfc3339(), why));
+                last.recent.record(now, false);
             }
         }
     }

@@ -37,11 +37,14 @@ const ECHO_LOG_LIMIT: usize = 2048;
 /// Address ranges `switchyard dev` lets deliveries and polls reach, on top of
 /// `outbound.allow`: this machine, where the echo provider and local mocks run.
 const LOCAL_PROVIDERS: &[&str] = &["127.0.0.0/8", "::1/128"];
+/// Where the console listens on a laptop unless `control.console.listen` says.
+const DEV_CONSOLE_PORT: u16 = 8090;
 
 /// The addresses the listeners actually bound.
 struct Bound {
     ingest: SocketAddr,
     control: SocketAddr,
+    console: SocketAddr,
     echo: SocketAddr,
     admin: SocketAddr,
 }
@@ -62,6 +65,12 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     if settings.control.api_keys.is_empty() && !settings.control.allow_unauthenticated {
         settings.control.allow_unauthenticated = true;
     }
+    // The console is on for a laptop.
+    let console_listen = *settings
+        .control
+        .console
+        .listen
+        .get_or_insert(SocketAddr::from(([127, 0, 0, 1], DEV_CONSOLE_PORT)));
     // Providers on a laptop run on it: the echo provider, a local mock.
     for range in LOCAL_PROVIDERS {
         if !settings
@@ -104,8 +113,10 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     let echo = bind(settings.dev.echo_listen, "dev.echo_listen").await?;
     let ingest = bind(settings.ingest.listen, "ingest.listen").await?;
     let control = bind(settings.control.listen, "control.listen").await?;
+    let console = bind(console_listen, "control.console.listen").await?;
     let ingest_address = ingest.local_addr()?;
     let control_address = control.local_addr()?;
+    let console_address = console.local_addr()?;
     let echo_address = echo.local_addr()?;
 
     shutdown.spawn("echo", serve_echo(echo, shutdown.clone()));
@@ -119,7 +130,14 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
     );
     shutdown.spawn(
         "control",
-        switchyard_control::run(settings.clone(), control, shutdown.clone()),
+        switchyard_control::run(
+            settings.clone(),
+            switchyard_control::Listeners {
+                grpc: control,
+                console: Some(console),
+            },
+            shutdown.clone(),
+        ),
     );
     shutdown.spawn(
         "deliveries",
@@ -133,6 +151,7 @@ pub async fn run(config: Option<PathBuf>, args: Args) -> anyhow::Result<()> {
         Bound {
             ingest: ingest_address,
             control: control_address,
+            console: console_address,
             echo: echo_address,
             admin: admin_address,
         },
@@ -282,23 +301,29 @@ fn print_banner(
         }
     };
     let mut banner = format!(
-        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{} ({})\n  control   {} (gRPC, {}; try `syctl get`)\n  echo      http://{} (logs every delivery)\n  metrics   http://{}/metrics ({})\n  secrets   {} (files named after the secret)\n",
+        "\nSwitchyard is running.\n  NATS      {nats_url}\n  ingest    http://{} ({})\n  control   {} (gRPC, {}; try `syctl get`)\n  console   http://{} (in a browser, {})\n  echo      http://{} (logs every delivery)\n  metrics   http://{}/metrics ({})\n  secrets   {} (files named after the secret)\n",
         bound.ingest,
         reach(bound.ingest),
         bound.control,
         reach(bound.control),
+        bound.console,
+        reach(bound.console),
         bound.echo,
         bound.admin,
         reach(bound.admin),
         secrets_dir.display(),
     );
-    if no_api_keys && !bound.control.ip().to_canonical().is_loopback() {
-        let warning = format!(
-            "the control API on {} is reachable beyond this machine and accepts every caller as admin: set control.api_keys, or bind control.listen to 127.0.0.1",
-            bound.control
-        );
-        tracing::warn!("{warning}");
-        banner.push_str(&format!("\n  WARNING: {warning}\n"));
+    for (what, address, key) in [
+        ("the control API", bound.control, "control.listen"),
+        ("the console", bound.console, "control.console.listen"),
+    ] {
+        if no_api_keys && !address.ip().to_canonical().is_loopback() {
+            let warning = format!(
+                "{what} on {address} is reachable beyond this machine and accepts every caller as admin: set control.api_keys, or bind {key} to 127.0.0.1"
+            );
+            tracing::warn!("{warning}");
+            banner.push_str(&format!("\n  WARNING: {warning}\n"));
+        }
     }
     if let Some(route) = catalog.routes.first() {
         let event_type = route

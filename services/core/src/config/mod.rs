@@ -188,6 +188,24 @@ impl Settings {
         }
         self.ingest.http.validate("ingest.http", &mut fail);
         self.admin.http.validate("admin.http", &mut fail);
+        self.control
+            .console
+            .http
+            .validate("control.console.http", &mut fail);
+        if self.control.console.session_idle < Duration::from_secs(60) {
+            fail(
+                "control.console.session_idle".into(),
+                "must be at least 1m".into(),
+            );
+        }
+        if let Some(url) = &self.control.console.jaeger_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            fail(
+                "control.console.jaeger_url".into(),
+                format!("{url:?} must be an http:// or https:// URL"),
+            );
+        }
         for error in crate::outbound::parse_ranges(&self.outbound)
             .err()
             .unwrap_or_default()

@@ -317,6 +317,39 @@ pub struct ControlSettings {
     pub allow_unauthenticated: bool,
     /// TLS, and with `client_ca` mutual TLS; plain HTTP/2 when absent.
     pub tls: Option<TlsSettings>,
+    /// The operator console in the browser.
+    pub console: ConsoleSettings,
+}
+
+/// The operator console: pages served by control on their own HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsoleSettings {
+    /// Address of the console's HTTP listener; no console unless set (`switchyard
+    /// dev` serves it on 127.0.0.1:8090).
+    pub listen: Option<SocketAddr>,
+    /// Jaeger's UI, e.g. `http://127.0.0.1:16686`: an event's page links to its trace
+    /// there.
+    pub jaeger_url: Option<String>,
+    /// How long a signed-in session lasts without a request; it ends then.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// Timeouts and limits of the console's listener.
+    pub http: HttpLimits,
+}
+
+impl Default for ConsoleSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            jaeger_url: None,
+            session_idle: Duration::from_secs(8 * 3600),
+            http: HttpLimits {
+                max_connections: 256,
+                ..HttpLimits::default()
+            },
+        }
+    }
 }
 
 /// One API key of the control API.
@@ -443,6 +476,7 @@ impl Default for ControlSettings {
             api_keys: Vec::new(),
             allow_unauthenticated: false,
             tls: None,
+            console: ConsoleSettings::default(),
         }
     }
 }
