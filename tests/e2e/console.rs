@@ -293,9 +293,15 @@ async fn a_read_key_sees_no_actions_and_an_operator_pauses_and_resumes() {
     let mut got: Vec<String> = provider.received().iter().map(order_id).collect();
     got.sort();
     assert_eq!(got, ids, "each once");
-    // The overview counts them in the minute under way, then in the rate.
+    // The overview's rates count them: delivered, none failed.
     let overview = operator.get("/").await;
-    assert!(overview.body.contains("Delivered / min"));
+    let row = &overview.body[overview.body.find("href=\"/providers/crm\"").unwrap()..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    assert!(row.contains(">0.0%<"), "no attempt failed: {row}");
+    assert!(
+        !row.contains("<td class=\"number\">0.0</td>"),
+        "deliveries were counted: {row}"
+    );
 
     // Signing out ends the session: its cookie no longer opens a page.
     let page = operator.get("/").await;
@@ -318,7 +324,12 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
     })
     .await;
     // Open, as in `switchyard dev`: no sign-in, the CSRF check still on.
-    let pipeline = Pipeline::start(&catalog(provider.url())).await.unwrap();
+    let nats = TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.control.console.jaeger_url = Some("http://jaeger.example:16686/".into());
+    let pipeline = Pipeline::start_with(nats, settings, &catalog(provider.url()))
+        .await
+        .unwrap();
     let browser = Browser::new(&pipeline.console_url);
 
     let body =
@@ -329,6 +340,10 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
             "{}/v1/events/shop?type=order.created",
             pipeline.ingest_url
         ))
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .json(&body)
         .send()
         .await
@@ -360,6 +375,13 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
         page.body
     );
     assert!(page.body.contains("order-to-contact@1"));
+    assert!(
+        page.body.contains(
+            "href=\"http://jaeger.example:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736\""
+        ),
+        "the trace in Jaeger: {}",
+        page.body
+    );
     let unknown = browser
         .get("/events?id=00000000-0000-7000-8000-000000000000")
         .await;
@@ -547,7 +569,12 @@ async fn dry_runs_of_mappings_and_catalog_documents_show_what_would_happen() {
         .await;
     assert_eq!(plan.status, 200, "{}", plan.body);
     assert!(plan.body.contains("update"), "{}", plan.body);
-    assert!(plan.body.contains("timeout: &quot;2s&quot; → &quot;3s&quot;"), "{}", plan.body);
+    assert!(
+        plan.body
+            .contains("timeout: &quot;2s&quot; → &quot;3s&quot;"),
+        "{}",
+        plan.body
+    );
     assert!(
         browser
             .get("/catalog/provider/crm")

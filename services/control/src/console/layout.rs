@@ -185,7 +185,10 @@ mod tests {
             "{html}"
         );
         assert!(!html.contains("<script>"), "{html}");
-        assert!(html.contains("\n  &quot;n&quot;: 1"), "pretty-printed: {html}");
+        assert!(
+            html.contains("\n  &quot;n&quot;: 1"),
+            "pretty-printed: {html}"
+        );
         let text = body(b"<b>not json</b>").into_string();
         assert_eq!(
             text,

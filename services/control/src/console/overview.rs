@@ -57,6 +57,7 @@ pub async fn page(
 }
 
 fn provider_table(providers: &[ProviderStatus]) -> Markup {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
     html! {
         table {
             thead {
@@ -68,14 +69,14 @@ fn provider_table(providers: &[ProviderStatus]) -> Markup {
                     th scope="col" { "In flight" }
                     th scope="col" { "Dead letters" }
                     th scope="col" title=(format!("over the last {RATE_MINUTES} minutes")) { "Delivered / min" }
-                    th scope="col" title=(format!("failed attempts of all attempts, over the last {RATE_MINUTES} minutes")) { "Errors" }
+                    th scope="col" title=(format!("failed attempts of all attempts, over the last {RATE_MINUTES} minutes")) { "Failed attempts" }
                     th scope="col" { "Last success" }
                     th scope="col" { "Last failure" }
                 }
             }
             tbody {
                 @for status in providers {
-                    @let (delivered, failed) = recent(status);
+                    @let (delivered, failed) = rates(status, now);
                     tr {
                         th scope="row" { a href=(format!("/providers/{}", status.provider)) { (status.provider) } }
                         td { (providers::state(status)) }
@@ -103,25 +104,31 @@ fn provider_table(providers: &[ProviderStatus]) -> Markup {
     }
 }
 
-/// Delivered and failed attempts over the last [`RATE_MINUTES`] whole minutes.
-fn recent(status: &ProviderStatus) -> (u64, u64) {
-    let whole = status.recent.len().saturating_sub(1);
-    status.recent[whole.saturating_sub(RATE_MINUTES)..whole]
-        .iter()
-        .fold((0, 0), |(d, f), count| {
-            (d + count.delivered, f + count.failed)
-        })
+/// Delivered and failed attempts per minute over the last [`RATE_MINUTES`]: the
+/// whole minutes before this one and the part of this one gone by.
+fn rates(status: &ProviderStatus, now: i64) -> (f64, f64) {
+    let Some(current) = status.recent.last() else {
+        return (0.0, 0.0);
+    };
+    let taken = &status.recent[status.recent.len().saturating_sub(RATE_MINUTES)..];
+    let started = current.minute.as_ref().map_or(now, |minute| minute.seconds);
+    let seconds = 60.0 * (taken.len() - 1) as f64 + (now - started).clamp(1, 60) as f64;
+    let (delivered, failed) = taken.iter().fold((0, 0), |(d, f), count| {
+        (d + count.delivered, f + count.failed)
+    });
+    let per_minute = |count: u64| 60.0 * count as f64 / seconds;
+    (per_minute(delivered), per_minute(failed))
 }
 
-fn per_minute(count: u64) -> String {
-    format!("{:.1}", count as f64 / RATE_MINUTES as f64)
+fn per_minute(rate: f64) -> String {
+    format!("{rate:.1}")
 }
 
-fn error_ratio(delivered: u64, failed: u64) -> String {
-    match delivered + failed {
-        0 => "–".into(),
-        all => format!("{:.1}%", 100.0 * failed as f64 / all as f64),
+fn error_ratio(delivered: f64, failed: f64) -> String {
+    if delivered + failed == 0.0 {
+        return "–".into();
     }
+    format!("{:.1}%", 100.0 * failed / (delivered + failed))
 }
 
 fn source_table(sources: &[SourceStatus]) -> Markup {
@@ -142,7 +149,7 @@ fn source_table(sources: &[SourceStatus]) -> Markup {
                         th scope="row" { (source.source) }
                         td { @if source.kind.is_empty() { "sends" } @else { (source.kind) } }
                         td { (layout::when(source.last_event.as_ref())) }
-                        td.number { (per_minute(source.recent_events)) }
+                        td.number { (per_minute(source.recent_events as f64 / RATE_MINUTES as f64)) }
                         td {
                             @if source.kind.is_empty() {
                                 span.none { "–" }
@@ -167,19 +174,31 @@ mod tests {
     use crate::proto::MinuteCount;
 
     #[test]
-    fn rates_leave_out_the_minute_under_way() {
-        let count = |delivered, failed| MinuteCount {
-            minute: None,
+    fn rates_count_the_minutes_gone_by() {
+        let count = |minute: i64, delivered, failed| MinuteCount {
+            minute: Some(prost_types::Timestamp {
+                seconds: minute,
+                nanos: 0,
+            }),
             delivered,
             failed,
         };
         let mut status = ProviderStatus::default();
-        assert_eq!(recent(&status), (0, 0));
-        status.recent = (0..10).map(|i| count(i, 1)).collect();
-        // Minutes 4..=8; minute 9 is under way.
-        assert_eq!(recent(&status), (4 + 5 + 6 + 7 + 8, 5));
-        assert_eq!(per_minute(30), "6.0");
-        assert_eq!(error_ratio(0, 0), "–");
-        assert_eq!(error_ratio(3, 1), "25.0%");
+        assert_eq!(rates(&status, 0), (0.0, 0.0));
+        let start = 1_800_000_000;
+        status.recent = (0..10).map(|i| count(start + 60 * i, 12, 1)).collect();
+        // The last five entries: four whole minutes and 30 s of the one under way.
+        let (delivered, failed) = rates(&status, start + 9 * 60 + 30);
+        assert!(
+            (delivered - 60.0 * 60.0 / 270.0).abs() < 1e-9,
+            "{delivered}"
+        );
+        assert!((failed - 5.0 * 60.0 / 270.0).abs() < 1e-9, "{failed}");
+        // Right after the process started: one minute, one second in.
+        status.recent = vec![count(start, 3, 0)];
+        assert_eq!(rates(&status, start), (180.0, 0.0));
+        assert_eq!(per_minute(6.04), "6.0");
+        assert_eq!(error_ratio(0.0, 0.0), "–");
+        assert_eq!(error_ratio(3.0, 1.0), "25.0%");
     }
 }
