@@ -191,6 +191,35 @@ fn check_rendered(name: &str, values_file: &Path, documents: &[Value]) {
             "{name}: an autoscaled Deployment leaves replicas to the HPA"
         );
     }
+    // The console: a port of the control Service and of its pods, only when enabled.
+    let console = values["control"]["console"]["enabled"] == true;
+    let service = named(
+        documents,
+        "Service",
+        &format!("{RELEASE}-switchyard-control"),
+    );
+    let has_port = |ports: &Value| {
+        ports
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|port| port["name"] == "console")
+    };
+    assert_eq!(
+        has_port(&service["spec"]["ports"]),
+        console,
+        "{name}: console Service port"
+    );
+    let control = named(
+        documents,
+        "Deployment",
+        &format!("{RELEASE}-switchyard-control"),
+    );
+    assert_eq!(
+        has_port(&control["spec"]["template"]["spec"]["containers"][0]["ports"]),
+        console,
+        "{name}: console container port"
+    );
     let budgets = of_kind(documents, "PodDisruptionBudget").len();
     assert_eq!(
         budgets,

@@ -66,7 +66,7 @@ fn address(banner: &str, label: &str) -> std::net::SocketAddr {
 async fn dev_binds_loopback_and_the_banner_shows_what_was_bound() {
     let nats = TestNats::start().await.unwrap();
     let (_child, banner) = dev(&nats, &[]).await;
-    for label in ["ingest", "control", "echo", "metrics"] {
+    for label in ["ingest", "control", "console", "echo", "metrics"] {
         let bound = address(&banner, label);
         assert!(bound.ip().is_loopback(), "{label}: {banner}");
         assert_ne!(
@@ -91,6 +91,12 @@ async fn dev_binds_loopback_and_the_banner_shows_what_was_bound() {
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
+
+    // The console opens without a sign-in on a laptop.
+    let console = address(&banner, "console");
+    let overview = reqwest::get(format!("http://{console}/")).await.unwrap();
+    assert_eq!(overview.status(), 200);
+    assert!(overview.text().await.unwrap().contains("anonymous · admin"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 One Deployment of a Switchyard service. Arguments (a dict):
   root, component, command (list), resources,
   replicas (omitted when autoscaled), port and portName (optional),
+  extraPorts (list of { name, containerPort }, optional),
   secrets (list of { secretName, items }, optional), strategy (optional)
 */}}
 {{- define "switchyard.deployment" -}}
@@ -68,6 +69,10 @@ spec:
             {{- if .port }}
             - name: {{ .portName }}
               containerPort: {{ .port }}
+            {{- end }}
+            {{- range .extraPorts }}
+            - name: {{ .name }}
+              containerPort: {{ .containerPort }}
             {{- end }}
             - name: admin
               containerPort: {{ $root.Values.adminPort }}

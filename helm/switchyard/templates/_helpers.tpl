@@ -71,6 +71,13 @@ generated on install, and the same in every template of one render.
   "outbound" (dict "allow" (.Values.outbound.allow | default list) "deny" (.Values.outbound.deny | default list))
   "control" (dict "listen" (printf "0.0.0.0:%d" (int .Values.control.port)) "api_keys" $apiKeys)
 -}}
+{{- if .Values.control.console.enabled -}}
+{{- $console := dict "listen" (printf "0.0.0.0:%d" (int .Values.control.console.port)) -}}
+{{- with .Values.control.console.jaegerUrl -}}
+{{- $_ := set $console "jaeger_url" . -}}
+{{- end -}}
+{{- $_ := set $base.control "console" $console -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite $base (deepCopy .Values.settings)) -}}
 {{- end -}}
 
