@@ -3,7 +3,7 @@
 CARGO ?= cargo
 CATALOG ?= deploy/examples/quickstart.yaml
 
-.PHONY: run test bench chaos soak build lint deny fmt nats-server prometheus postgresql python-deps buf helm
+.PHONY: run test bench chaos soak build lint deny fmt nats-server prometheus postgresql chromium python-deps buf helm
 
 ## run: build and start every service in one process with the quickstart catalog
 run: nats-server
@@ -12,7 +12,7 @@ run: nats-server
 
 ## test: the whole test suite against a real nats-server (tests that run the services
 ## as processes use the binaries built first)
-test: nats-server prometheus postgresql python-deps buf helm
+test: nats-server prometheus postgresql chromium python-deps buf helm
 	$(CARGO) build --workspace --bins
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
@@ -101,12 +101,24 @@ postgresql:
 	fi; \
 	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq postgresql
 
+# Headless Chromium and its WebDriver for the console's browser tests (driven by
+# Selenium, which is given both paths: it cannot download a browser here). Installs
+# Debian's packages when they are missing.
+chromium:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	echo "chromium not found; installing the Debian packages chromium and chromium-driver"; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else \
+		echo "install chromium and chromium-driver (Debian packages)" >&2; exit 1; \
+	fi; \
+	$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver
+
 # The reference Standard Webhooks library checks the signatures delivery sends;
 # grpcio-tools generates the third-party Python client of the control API;
-# kubernetes-validate checks the rendered Helm chart against Kubernetes' schemas.
+# kubernetes-validate checks the rendered Helm chart against Kubernetes' schemas;
+# selenium drives Chromium through the console.
 python-deps:
-	@python3 -c "import standardwebhooks, grpc_tools, kubernetes_validate" 2>/dev/null || \
-		python3 -m pip install --quiet standardwebhooks grpcio-tools kubernetes-validate
+	@python3 -c "import standardwebhooks, grpc_tools, kubernetes_validate, selenium" 2>/dev/null || \
+		python3 -m pip install --quiet standardwebhooks grpcio-tools kubernetes-validate selenium
 
 # `buf curl` (the Buf CLI, from npm) is the third-party client that calls the control
 # API through server reflection alone, as grpcurl does. Unpacked, not installed.

@@ -613,3 +613,307 @@ async fn dry_runs_of_mappings_and_catalog_documents_show_what_would_happen() {
         .await;
     assert!(refused.body.contains("nothing changed"), "{}", refused.body);
 }
+
+/// Headless Chromium, driven through `tests/clients/console_browser.py` (Selenium).
+struct Chromium {
+    child: tokio::process::Child,
+    commands: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Chromium {
+    async fn start(base: &str, screenshots: &std::path::Path) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/console_browser.py");
+        let mut child = tokio::process::Command::new("python3")
+            .arg(script)
+            .arg(base)
+            .arg(screenshots)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs");
+        let commands = child.stdin.take().unwrap();
+        let mut answers = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), answers.next_line())
+            .await
+            .expect("Chromium starts within 60 s")
+            .unwrap()
+            .expect("the browser script answers (are chromium, chromium-driver and selenium installed?)");
+        assert!(ready.contains("ready"), "{ready}");
+        Self {
+            child,
+            commands,
+            answers,
+        }
+    }
+
+    async fn send(&mut self, command: serde_json::Value) -> serde_json::Value {
+        use tokio::io::AsyncWriteExt;
+        let line = format!("{command}\n");
+        self.commands.write_all(line.as_bytes()).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(60), self.answers.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no answer to {command} within 60 s"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the browser script ended at {command}"));
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert!(answer.get("error").is_none(), "{command}: {answer}");
+        answer
+    }
+
+    /// Opens `path`; returns the page's title.
+    async fn get(&mut self, path: &str) -> String {
+        let page = self
+            .send(serde_json::json!({"op": "get", "path": path}))
+            .await;
+        page["title"].as_str().unwrap().to_owned()
+    }
+
+    async fn click(&mut self, css: &str) -> String {
+        let page = self
+            .send(serde_json::json!({"op": "click", "css": css}))
+            .await;
+        page["title"].as_str().unwrap().to_owned()
+    }
+
+    async fn type_into(&mut self, css: &str, text: &str) {
+        self.send(serde_json::json!({"op": "type", "css": css, "text": text}))
+            .await;
+    }
+
+    async fn count(&mut self, css: &str) -> u64 {
+        self.send(serde_json::json!({"op": "count", "css": css}))
+            .await["count"]
+            .as_u64()
+            .unwrap()
+    }
+
+    async fn text(&mut self, css: &str) -> String {
+        self.send(serde_json::json!({"op": "text", "css": css}))
+            .await["text"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn screenshot(&mut self, name: &str) {
+        self.send(serde_json::json!({"op": "screenshot", "name": name}))
+            .await;
+    }
+
+    /// Signs in from the keyboard alone: the key field has the focus, Enter submits.
+    async fn sign_in(&mut self, key: &str) -> String {
+        let title = self.get("/").await;
+        assert!(title.starts_with("Sign in"), "{title}");
+        let focused = self.send(serde_json::json!({"op": "focused"})).await;
+        assert_eq!(
+            focused["name"], "key",
+            "the key field has the focus: {focused}"
+        );
+        let page = self
+            .send(serde_json::json!({"op": "keys", "text": format!("{key}\n")}))
+            .await;
+        page["title"].as_str().unwrap().to_owned()
+    }
+
+    async fn quit(mut self) {
+        self.send_quit().await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+
+    async fn send_quit(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.commands.write_all(b"{\"op\": \"quit\"}\n").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_real_browser_scopes_hold_and_an_operator_replays_pauses_and_tries_a_mapping() {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = fixed.clone();
+    let provider = FakeProvider::with(move |request| {
+        if order_id(request) == "r1" && !flag.load(Ordering::SeqCst) {
+            Reply::status(422).body(r#"{"error":"unknown customer"}"#)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    let nats = TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.control.allow_unauthenticated = false;
+    settings.control.api_keys = keys();
+    settings.control.console.jaeger_url = Some("http://127.0.0.1:16686".into());
+    let pipeline = Pipeline::start_with(nats, settings, &catalog(provider.url()))
+        .await
+        .unwrap();
+    let screenshots = switchyard_tests::target_dir().join("console-screenshots");
+    let mut browser = Chromium::start(&pipeline.console_url, &screenshots).await;
+
+    // A read key: no action buttons, and a POST it crafts is refused.
+    browser.get("/").await;
+    browser.screenshot("sign-in").await;
+    let title = browser.sign_in(READ_KEY).await;
+    assert!(title.starts_with("Overview"), "{title}");
+    browser.get("/providers/crm").await;
+    assert_eq!(
+        browser.count("form[action='/providers/crm/pause']").await,
+        0
+    );
+    assert_eq!(
+        browser.count("form[action='/providers/crm/resume']").await,
+        0
+    );
+    browser
+        .send(serde_json::json!({"op": "craft_post", "action": "/providers/crm/pause", "fields": {"reason": "crafted"}}))
+        .await;
+    let refused = browser.text("h1").await;
+    assert_eq!(refused, "Forbidden");
+    assert!(browser.text(".problem").await.contains("needs operate"));
+    browser.get("/providers/crm").await;
+    assert!(
+        !browser.text("main").await.contains("crafted"),
+        "nothing changed"
+    );
+    browser.click("form[action='/sign-out'] button").await;
+
+    // An operator: the dead letter of r1, replayed once it is fixed.
+    assert!(browser.sign_in(OPERATE_KEY).await.starts_with("Overview"));
+    let mut ids = Vec::new();
+    for id in ["a1", "a2", "r1"] {
+        let body = serde_json::json!({"id": id, "email": format!("{id}@shop.example"), "total": 5});
+        let accepted: serde_json::Value = pipeline
+            .http
+            .post(format!(
+                "{}/v1/events/shop?type=order.created",
+                pipeline.ingest_url
+            ))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(accepted["event_id"].as_str().unwrap().to_owned());
+    }
+    provider.wait_for_accepted(2, Duration::from_secs(15)).await;
+    let mut found = false;
+    for _ in 0..60 {
+        browser.get("/dead-letters?provider=crm").await;
+        if browser.count("input[name=sequence]").await == 1 {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(found, "r1's dead letter is listed");
+    browser.screenshot("dead-letters").await;
+    browser.click("td.number a").await;
+    assert!(browser.text("main").await.contains("unknown customer"));
+    browser.screenshot("dead-letter").await;
+    browser.get(&format!("/events?id={}", ids[2])).await;
+    assert!(browser.text("main").await.contains("dead_lettered"));
+    assert_eq!(
+        browser
+            .count("a[href^='http://127.0.0.1:16686/trace/']")
+            .await,
+        1
+    );
+    browser.screenshot("event").await;
+
+    fixed.store(true, Ordering::SeqCst);
+    browser.get("/dead-letters?provider=crm").await;
+    browser.click("input[name=sequence]").await;
+    let title = browser
+        .click("button[name=scope][value=selected]:not(.danger)")
+        .await;
+    assert!(title.starts_with("Replay"), "{title}");
+    let mut state = String::new();
+    for _ in 0..60 {
+        state = browser.text("dl.facts dd").await;
+        if state.starts_with("done") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(state.starts_with("done"), "{state}");
+    assert_eq!(browser.text("#replayed").await, "1");
+    browser.screenshot("replay").await;
+    provider.wait_for_accepted(3, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r1 = provider
+        .accepted()
+        .iter()
+        .filter(|r| order_id(r) == "r1")
+        .count();
+    assert_eq!(r1, 1, "r1 delivered exactly once");
+
+    // Pause: no request reaches the provider until the operator resumes.
+    browser.get("/providers/crm").await;
+    browser.type_into("#reason", "CRM maintenance").await;
+    browser
+        .click("form[action='/providers/crm/pause'] button")
+        .await;
+    assert!(browser.text("main").await.contains("CRM maintenance"));
+    browser.screenshot("provider").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = provider.received().len();
+    let later: Vec<String> = (0..3).map(|i| format!("p{i}")).collect();
+    crate::publish_orders(&pipeline, "order.created", &later).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(provider.received().len(), before, "a request while paused");
+    browser
+        .click("form[action='/providers/crm/resume'] button")
+        .await;
+    provider.wait_for_accepted(6, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &later {
+        let count = provider
+            .accepted()
+            .iter()
+            .filter(|r| &order_id(r) == id)
+            .count();
+        assert_eq!(count, 1, "{id} once");
+    }
+
+    // A dry run of an edit that does not compile shows VRL's diagnostic.
+    browser.get("/mappings").await;
+    browser
+        .type_into("#sample", r#"{"id": "a1", "email": "A@B.C", "total": 2}"#)
+        .await;
+    browser
+        .type_into(
+            "#document",
+            "name: order-to-contact\nversion: 2\nprogram: |\n  .a = 1\n  .b = upcase(.c)\n",
+        )
+        .await;
+    browser.click("form.trial button").await;
+    let diagnostics = browser.text(".diagnostics").await;
+    assert!(diagnostics.contains(":2:"), "{diagnostics}");
+    browser.screenshot("mappings").await;
+
+    browser.get("/").await;
+    browser.screenshot("overview").await;
+    browser.get("/catalog").await;
+    browser.screenshot("catalog").await;
+    browser.quit().await;
+    for page in [
+        "sign-in",
+        "overview",
+        "event",
+        "dead-letters",
+        "dead-letter",
+        "replay",
+        "provider",
+        "mappings",
+        "catalog",
+    ] {
+        let shot = screenshots.join(format!("{page}.png"));
+        let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "{} is {size} bytes", shot.display());
+    }
+}
