@@ -331,6 +331,18 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
         .await
         .unwrap();
     let browser = Browser::new(&pipeline.console_url);
+    // Open, but a POST from elsewhere (no session, no token) still changes nothing.
+    let forged = browser
+        .post("/providers/crm/pause", &[("reason", "forged")])
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let providers = browser.get("/providers").await;
+    assert!(
+        providers.body.contains("href=\"/providers/crm\""),
+        "{}",
+        providers.body
+    );
+    assert!(!providers.body.contains("paused"), "{}", providers.body);
 
     let body =
         serde_json::json!({"id": "r1", "email": "<script>alert(1)</script>@x.example", "total": 3});

@@ -9,10 +9,11 @@ use switchyard_core::config::Scope;
 use super::session::Session;
 
 /// The sections of the console, in the navigation's order.
-const SECTIONS: [(&str, &str); 5] = [
+const SECTIONS: [(&str, &str); 6] = [
     ("/", "Overview"),
     ("/events", "Events"),
     ("/dead-letters", "Dead letters"),
+    ("/providers", "Providers"),
     ("/mappings", "Mappings"),
     ("/catalog", "Catalog"),
 ];

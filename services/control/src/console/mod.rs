@@ -82,6 +82,7 @@ fn router(console: Shared) -> Router {
         .route("/dead-letters/replay", post(dead_letters::replay))
         .route("/dead-letters/replays/{id}", get(dead_letters::progress))
         .route("/dead-letters/purge", post(dead_letters::purge))
+        .route("/providers", get(providers::list))
         .route("/providers/{name}", get(providers::page))
         .route("/providers/{name}/pause", post(providers::pause))
         .route("/providers/{name}/resume", post(providers::resume))

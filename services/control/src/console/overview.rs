@@ -56,7 +56,8 @@ pub async fn page(
     ))
 }
 
-fn provider_table(providers: &[ProviderStatus]) -> Markup {
+/// Every provider's delivery at a glance, each linking to its page.
+pub fn provider_table(providers: &[ProviderStatus]) -> Markup {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     html! {
         table {

@@ -10,9 +10,36 @@ use serde::Deserialize;
 
 use super::{Failure, Shared, layout, request, session::Session};
 use crate::proto::{
-    BreakerState, GetProviderStatusRequest, PauseProviderRequest, ProviderStatus,
-    ResetBreakerRequest, ResumeProviderRequest, provider_service_server::ProviderService,
+    BreakerState, GetProviderStatusRequest, ListProviderStatusRequest, PauseProviderRequest,
+    ProviderStatus, ResetBreakerRequest, ResumeProviderRequest,
+    provider_service_server::ProviderService,
 };
+
+/// `GET /providers`: every provider, as on the overview.
+pub async fn list(
+    State(console): State<Shared>,
+    Extension(session): Extension<Session>,
+) -> Result<Markup, Failure> {
+    let providers = console
+        .apis
+        .providers
+        .list_provider_status(request(&session, ListProviderStatusRequest {}))
+        .await?
+        .into_inner()
+        .providers;
+    Ok(layout::page(
+        &session,
+        "Providers",
+        html! {
+            @if providers.is_empty() {
+                p.none { "The catalog has no providers." }
+            } @else {
+                (super::overview::provider_table(&providers))
+                p.hint { "Open a provider to pause or resume it, or to reset its breaker." }
+            }
+        },
+    ))
+}
 
 /// `GET /providers/{name}`.
 pub async fn page(
