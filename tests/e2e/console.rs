@@ -500,10 +500,34 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
             .contains("No dead letters match.")
     );
 
-    // The overview shows the source's last event.
+    // The overview shows the source's last event, as `syctl sources status --all` does.
     let overview = browser.get("/").await;
     assert!(overview.body.contains(">shop<"), "{}", overview.body);
     assert!(overview.body.contains("sends"));
+    let output = tokio::process::Command::new(switchyard_tests::syctl())
+        .args([
+            "--server",
+            &pipeline.control_url,
+            "-o",
+            "json",
+            "sources",
+            "status",
+            "--all",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&switchyard_tests::succeeded(
+        "syctl sources status --all",
+        output,
+    ))
+    .unwrap();
+    assert_eq!(status[0]["source"], "shop", "{status}");
+    assert!(status[0]["last_event"].is_string(), "{status}");
+    assert_eq!(
+        status[0]["recent_events"], 2,
+        "two events in five minutes: {status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
