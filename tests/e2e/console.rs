@@ -934,6 +934,17 @@ async fn in_a_real_browser_scopes_hold_and_an_operator_replays_pauses_and_tries_
 
     browser.get("/").await;
     browser.screenshot("overview").await;
+    // From the keyboard: the first Tab reaches the skip link, the next the sections.
+    browser
+        .send(serde_json::json!({"op": "keys", "text": "\t"}))
+        .await;
+    let focused = browser.send(serde_json::json!({"op": "focused"})).await;
+    assert_eq!(focused["text"], "Skip to the content", "{focused}");
+    browser
+        .send(serde_json::json!({"op": "keys", "text": "\t\t"}))
+        .await;
+    let focused = browser.send(serde_json::json!({"op": "focused"})).await;
+    assert_eq!(focused["text"], "Overview", "{focused}");
     browser.get("/catalog").await;
     browser.screenshot("catalog").await;
     browser.quit().await;

@@ -33,6 +33,7 @@ fn signed_in(session: &Session, title: &str, content: Markup, refresh: bool) -> 
         title,
         refresh,
         html! {
+            a.skip href="#content" { "Skip to the content" }
             header {
                 a.brand href="/" { "Switchyard" }
                 nav aria-label="Sections" {
@@ -48,7 +49,7 @@ fn signed_in(session: &Session, title: &str, content: Markup, refresh: bool) -> 
                     }
                 }
             }
-            main {
+            main #content {
                 h1 { (title) }
                 (content)
             }
