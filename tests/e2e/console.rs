@@ -286,6 +286,19 @@ async fn a_read_key_sees_no_actions_and_an_operator_pauses_and_resumes() {
     crate::publish_orders(&pipeline, "order.created", &ids).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(provider.received().is_empty(), "a request while paused");
+    // The breaker reset is there for operators too (refused to the read key).
+    let reset = operator
+        .submit(&page, "/providers/crm/reset-breaker", &[])
+        .await;
+    assert_eq!(reset.status, 303, "{}", reset.body);
+    let denied = reader
+        .submit(
+            &reader.get("/providers/crm").await,
+            "/providers/crm/reset-breaker",
+            &[],
+        )
+        .await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
     let resumed = operator.submit(&page, "/providers/crm/resume", &[]).await;
     assert_eq!(resumed.status, 303, "{}", resumed.body);
     provider.wait_for_accepted(5, Duration::from_secs(15)).await;
@@ -668,7 +681,8 @@ impl Chromium {
             .arg(screenshots)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
+            // Not killed when the test fails: its stdin closes, and the script then
+            // quits Chromium and exits, where a kill would leave Chromium running.
             .spawn()
             .expect("python3 runs");
         let commands = child.stdin.take().unwrap();
