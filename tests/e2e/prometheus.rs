@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's `prometheus` package) scrapes every service process and
 //! loads the alert rules: every Switchyard metric arrives with its type and help, every
 //! rule evaluates, and `promtool` accepts both the rules and the classic exposition.
+//! Every rule has `promtool test rules` cases in which it fires and stays quiet.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -58,6 +59,45 @@ async fn api(client: &reqwest::Client, base: &str, path: &str) -> Option<Value> 
         .await
         .ok()?;
     (body["status"] == "success").then(|| body["data"].clone())
+}
+
+#[test]
+fn every_alert_rule_is_unit_tested_firing_and_quiet() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    succeeded(
+        "promtool test rules",
+        std::process::Command::new(prometheus_tool("promtool"))
+            .args(["test", "rules", "alerts_test.yaml", "alerts_week_test.yaml"])
+            .current_dir(&dir)
+            .output()
+            .unwrap(),
+    );
+    let read = |file: &str| -> Value {
+        serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+    };
+    let rules = read("alerts.yaml");
+    let files = [read("alerts_test.yaml"), read("alerts_week_test.yaml")];
+    let cases: Vec<(&str, bool)> = files
+        .iter()
+        .flat_map(|file| file["tests"].as_array().unwrap())
+        .flat_map(|test| test["alert_rule_test"].as_array().unwrap())
+        .map(|case| {
+            let fires = !case["exp_alerts"].as_array().unwrap().is_empty();
+            (case["alertname"].as_str().unwrap(), fires)
+        })
+        .collect();
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            for fires in [true, false] {
+                assert!(
+                    cases.contains(&(name, fires)),
+                    "{name} has no case in alerts_test.yaml where it {}",
+                    if fires { "fires" } else { "stays quiet" }
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
