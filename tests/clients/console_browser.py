@@ -12,12 +12,15 @@ download anything on the machines the tests run on.
 import json
 import os
 import sys
+import time
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
 
 
 def browser():
@@ -50,27 +53,39 @@ def run(driver, base, shots, command):
         # Typed into whatever has the focus, as a keyboard user would; "\n" is Enter
         # and "\t" is Tab.
         keys = command["text"].replace("\n", Keys.ENTER).replace("\t", Keys.TAB)
+        before = driver.current_url
         webdriver.ActionChains(driver).send_keys(keys).perform()
+        if "\n" in command["text"]:
+            # Enter submits a form: wait for the page it leads to.
+            WebDriverWait(driver, 15).until(lambda d: d.current_url != before)
         return page(driver)
     if op == "focused":
         element = driver.switch_to.active_element
         return {"tag": element.tag_name, "text": element.text,
                 "name": element.get_attribute("name") or ""}
     if op == "click":
-        driver.find_element(By.CSS_SELECTOR, command["css"]).click()
+        element = driver.find_element(By.CSS_SELECTOR, command["css"])
+        navigates = element.tag_name in ("a", "button")
+        element.click()
+        if navigates:
+            # A link or a form's button loads another page: wait until this one is gone.
+            WebDriverWait(driver, 15).until(expected_conditions.staleness_of(element))
         return page(driver)
     if op == "count":
         return {"count": len(driver.find_elements(By.CSS_SELECTOR, command["css"]))}
     if op == "text":
-        # A page that reloads itself (a replay's progress) can replace the elements
-        # while they are read: read them again.
-        for _ in range(10):
+        # Read in one script, so a page that reloads itself (a replay's progress)
+        # cannot swap its elements between finding and reading them; a read that
+        # meets the reload itself is tried again.
+        for _ in range(20):
             try:
-                elements = driver.find_elements(By.CSS_SELECTOR, command["css"])
-                return {"text": "\n".join(element.text for element in elements)}
-            except StaleElementReferenceException:
-                continue
-        raise RuntimeError(f"{command['css']} kept changing while it was read")
+                text = driver.execute_script(
+                    "return Array.from(document.querySelectorAll(arguments[0]))"
+                    ".map(e => e.innerText).join('\\n')", command["css"])
+                return {"text": text}
+            except WebDriverException:
+                time.sleep(0.1)
+        raise RuntimeError(f"{command['css']} could not be read while the page reloaded")
     if op == "source":
         return {"html": driver.page_source}
     if op == "screenshot":

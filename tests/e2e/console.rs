@@ -384,7 +384,12 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
         "the event dead-lettered",
         || async {
             let page = browser.get(&format!("/events?id={event_id}")).await;
-            (page.status == 200 && page.body.contains("dead_lettered")).then_some(page)
+            // The dead letter and the attempt's outcome record are stored apart: wait for
+            // both.
+            (page.status == 200
+                && page.body.contains("dead_lettered")
+                && page.body.contains(">422<"))
+            .then_some(page)
         },
     )
     .await;
