@@ -147,6 +147,21 @@ impl Browser {
     }
 }
 
+/// A CRM that answers order r1 with 422 until `fixed` is set.
+async fn rejecting_r1() -> (FakeProvider, Arc<AtomicBool>) {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let flag = fixed.clone();
+    let provider = FakeProvider::with(move |request| {
+        if order_id(request) == "r1" && !flag.load(Ordering::SeqCst) {
+            Reply::status(422).body(r#"{"error":"unknown customer"}"#)
+        } else {
+            Reply::ok()
+        }
+    })
+    .await;
+    (provider, fixed)
+}
+
 fn keys() -> Vec<ApiKeySettings> {
     [
         ("support", READ_KEY, Scope::Read),
@@ -326,16 +341,7 @@ async fn a_read_key_sees_no_actions_and_an_operator_pauses_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
     // The CRM rejects order r1 until it is fixed.
-    let fixed = Arc::new(AtomicBool::new(false));
-    let flag = fixed.clone();
-    let provider = FakeProvider::with(move |request| {
-        if order_id(request) == "r1" && !flag.load(Ordering::SeqCst) {
-            Reply::status(422).body(r#"{"error":"unknown customer"}"#)
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
+    let (provider, fixed) = rejecting_r1().await;
     // Open, as in `switchyard dev`: no sign-in, the CSRF check still on.
     let nats = TestNats::start().await.unwrap();
     let mut settings = Pipeline::settings(nats.url());
@@ -787,16 +793,7 @@ impl Chromium {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_a_real_browser_scopes_hold_and_an_operator_replays_pauses_and_tries_a_mapping() {
-    let fixed = Arc::new(AtomicBool::new(false));
-    let flag = fixed.clone();
-    let provider = FakeProvider::with(move |request| {
-        if order_id(request) == "r1" && !flag.load(Ordering::SeqCst) {
-            Reply::status(422).body(r#"{"error":"unknown customer"}"#)
-        } else {
-            Reply::ok()
-        }
-    })
-    .await;
+    let (provider, fixed) = rejecting_r1().await;
     let nats = TestNats::start().await.unwrap();
     let mut settings = Pipeline::settings(nats.url());
     settings.control.allow_unauthenticated = false;

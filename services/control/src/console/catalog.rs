@@ -73,11 +73,31 @@ pub async fn show(
                 "{kind:?} is not a kind of resource: source, provider, mapping or route"
             ))
         })?;
+    let (name, yaml) = resource_yaml(&console, &session, kind, name).await?;
+    Ok(layout::page(
+        &session,
+        &format!("{} {name}", title.trim_end_matches('s')),
+        html! {
+            pre.yaml { (yaml) }
+            @if kind == ResourceKind::Mapping {
+                p { a href=(format!("/mappings?{}", layout::query(&[("edit", &name)]))) { "Edit and try on a sample" } }
+            }
+        },
+    ))
+}
+
+/// One resource's name and its spec as YAML, in the catalog document format.
+pub async fn resource_yaml(
+    console: &Shared,
+    session: &Session,
+    kind: ResourceKind,
+    name: String,
+) -> Result<(String, String), Failure> {
     let resource = console
         .apis
         .catalog
         .get_resource(request(
-            &session,
+            session,
             GetResourceRequest {
                 kind: kind.into(),
                 name,
@@ -89,16 +109,9 @@ pub async fn show(
         .spec
         .map(|spec| struct_to_json(&spec))
         .unwrap_or_default();
-    let yaml = serde_yaml_ng::to_string(&spec).unwrap_or_default();
-    Ok(layout::page(
-        &session,
-        &format!("{} {}", title.trim_end_matches('s'), resource.name),
-        html! {
-            pre.yaml { (yaml) }
-            @if kind == ResourceKind::Mapping {
-                p { a href=(format!("/mappings?{}", layout::query(&[("edit", &resource.name)]))) { "Edit and try on a sample" } }
-            }
-        },
+    Ok((
+        resource.name,
+        serde_yaml_ng::to_string(&spec).unwrap_or_default(),
     ))
 }
 

@@ -10,9 +10,8 @@ use serde::Deserialize;
 
 use super::{Failure, Shared, layout, request, session::Session};
 use crate::proto::{
-    GetResourceRequest, ListResourcesRequest, ResourceKind, TestMappingRequest,
-    TestMappingResponse, Violation, catalog_service_server::CatalogService,
-    convert::struct_to_json, mapping_service_server::MappingService,
+    ListResourcesRequest, ResourceKind, TestMappingRequest, TestMappingResponse, Violation,
+    catalog_service_server::CatalogService, mapping_service_server::MappingService,
 };
 
 /// What the dry-run form holds.
@@ -36,23 +35,9 @@ pub async fn page(
     Query(mut trial): Query<Trial>,
 ) -> Result<Markup, Failure> {
     if !trial.edit.is_empty() {
-        let resource = console
-            .apis
-            .catalog
-            .get_resource(request(
-                &session,
-                GetResourceRequest {
-                    kind: ResourceKind::Mapping.into(),
-                    name: trial.edit.clone(),
-                },
-            ))
-            .await?
-            .into_inner();
-        let spec = resource
-            .spec
-            .map(|spec| struct_to_json(&spec))
-            .unwrap_or_default();
-        trial.document = serde_yaml_ng::to_string(&spec).unwrap_or_default();
+        let edit = trial.edit.clone();
+        (_, trial.document) =
+            super::catalog::resource_yaml(&console, &session, ResourceKind::Mapping, edit).await?;
         trial.reference = std::mem::take(&mut trial.edit);
     }
     render(&console, &session, &trial, None).await

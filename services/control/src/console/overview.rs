@@ -6,8 +6,7 @@ use maud::{Markup, html};
 
 use super::{Failure, Shared, layout, providers, request, session::Session};
 use crate::proto::{
-    ListProviderStatusRequest, ListSourceStatusRequest, ProviderStatus, SourceStatus,
-    provider_service_server::ProviderService, source_service_server::SourceService,
+    ListSourceStatusRequest, ProviderStatus, SourceStatus, source_service_server::SourceService,
 };
 
 /// Minutes the rates on the overview are taken over.
@@ -18,13 +17,7 @@ pub async fn page(
     State(console): State<Shared>,
     Extension(session): Extension<Session>,
 ) -> Result<Markup, Failure> {
-    let providers = console
-        .apis
-        .providers
-        .list_provider_status(request(&session, ListProviderStatusRequest {}))
-        .await?
-        .into_inner()
-        .providers;
+    let providers = providers::all(&console, &session).await?;
     let sources = console
         .apis
         .sources

@@ -15,18 +15,23 @@ use crate::proto::{
     provider_service_server::ProviderService,
 };
 
+/// The status of every provider in the catalog.
+pub async fn all(console: &Shared, session: &Session) -> Result<Vec<ProviderStatus>, Failure> {
+    Ok(console
+        .apis
+        .providers
+        .list_provider_status(request(session, ListProviderStatusRequest {}))
+        .await?
+        .into_inner()
+        .providers)
+}
+
 /// `GET /providers`: every provider, as on the overview.
 pub async fn list(
     State(console): State<Shared>,
     Extension(session): Extension<Session>,
 ) -> Result<Markup, Failure> {
-    let providers = console
-        .apis
-        .providers
-        .list_provider_status(request(&session, ListProviderStatusRequest {}))
-        .await?
-        .into_inner()
-        .providers;
+    let providers = all(&console, &session).await?;
     Ok(layout::page(
         &session,
         "Providers",
