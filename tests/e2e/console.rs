@@ -412,6 +412,12 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
     );
     assert!(page.body.contains("order-to-contact@1"));
     assert!(
+        page.body
+            .contains("<p class=\"explained needs_human\"><strong>Needs a person: </strong>"),
+        "the attempt's verdict: {}",
+        page.body
+    );
+    assert!(
         page.body.contains(
             "href=\"http://jaeger.example:16686/trace/4bf92f3577b34da6a3ce929d0e0e4736\""
         ),
@@ -431,6 +437,15 @@ async fn an_event_and_its_dead_letter_replayed_once_from_the_console() {
     let sequence = field(&list.body, "sequence").expect("a dead letter to select");
     let shown = browser.get(&format!("/dead-letters/{sequence}")).await;
     assert!(shown.body.contains("unknown customer"), "{}", shown.body);
+    assert!(list.body.contains("<td>needs human</td>"), "{}", list.body);
+    assert!(
+        shown.body.contains("Needs a person: ")
+            && shown
+                .body
+                .contains(&format!("`syctl dlq replay {sequence}`.")),
+        "the verdict and the next step: {}",
+        shown.body
+    );
     assert!(
         shown.body.contains("&lt;script&gt;"),
         "the mapped body, escaped"

@@ -17,7 +17,7 @@ use switchyard_proto::{
 use switchyard_tests::{FakeProvider, Pipeline, Reply, eventually, syctl};
 use tonic::{Code, transport::Channel};
 
-use crate::{catalog, order_id, publish_orders};
+use crate::{POLICIES, catalog, order_id, publish_orders};
 
 fn filter(category: &str) -> Option<DeadLetterFilter> {
     Some(DeadLetterFilter {
@@ -306,4 +306,188 @@ routes:
         .collect();
     assert_eq!(remapped, ["order-to-contact@2", "order-to-contact@2"]);
     assert!(list(&client, "").await.is_empty());
+}
+
+/// Every dead letter and every failed attempt says what it takes to get through —
+/// `retry_will_fix`, `needs_human` or `needs_config` — and what to do next, through
+/// the API, `syctl dlq` and `syctl events show`: an order the CRM refuses needs a
+/// person, a refused token needs its secret rotated (named, its value never shown),
+/// an outage passes with a replay, and a mapping that fails needs the mapping tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_failure_carries_a_verdict_and_its_next_step() {
+    const TOKEN_VALUE: &str = "tok-5f1e9c2a-never-shown";
+    let provider =
+        FakeProvider::with(
+            |request| match request.json()["order"].as_str().unwrap_or_default() {
+                "refused" => Reply::status(422).body(r#"{"error":"unknown customer"}"#),
+                "unauthorized" => Reply::status(401),
+                "outage" => Reply::status(503),
+                _ => Reply::ok(),
+            },
+        )
+        .await;
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("CRM_TOKEN"), TOKEN_VALUE).unwrap();
+    let nats = switchyard_tests::TestNats::start().await.unwrap();
+    let mut settings = Pipeline::settings(nats.url());
+    settings.secrets.dir = secrets.path().to_owned();
+    let policies = format!("{POLICIES}\n    auth: {{ bearer: {{ secret: CRM_TOKEN }} }}");
+    let catalog = crate::catalog_with(provider.url(), &policies, "");
+    let pipeline = Pipeline::start_with(nats, settings, &catalog)
+        .await
+        .unwrap();
+    let channel = pipeline.control_channel().await;
+    let mut client = DeadLetterServiceClient::new(channel.clone());
+
+    let ids = ["refused", "unauthorized", "outage", "fine"].map(String::from);
+    publish_orders(&pipeline, "order.created", &ids).await;
+    let unreadable = serde_json::json!({"id": "unreadable", "email": "x@y.z", "total": "n/a"});
+    pipeline
+        .jetstream
+        .publish("ingest.shop.order.created", unreadable.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "four dead letters", || async {
+        (list(&client, "").await.len() == 4).then_some(())
+    })
+    .await;
+
+    let letters = client
+        .list_dead_letters(ListDeadLettersRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    let find = |category: &str, status: u32| {
+        letters
+            .iter()
+            .find(|l| l.category == category && l.last_status == status)
+            .unwrap_or_else(|| panic!("no {category} letter with status {status}: {letters:#?}"))
+    };
+    let refused = find("rejected", 422);
+    assert_eq!(refused.verdict, "needs_human", "{}", refused.explanation);
+    assert!(refused.explanation.contains("unknown customer"));
+    assert!(
+        refused
+            .explanation
+            .ends_with(&format!("`syctl dlq replay {}`.", refused.sequence)),
+        "{}",
+        refused.explanation
+    );
+    let unauthorized = find("rejected", 401);
+    assert_eq!(unauthorized.verdict, "needs_config");
+    assert!(
+        unauthorized
+            .explanation
+            .contains("the secret CRM_TOKEN was refused"),
+        "{}",
+        unauthorized.explanation
+    );
+    assert!(
+        unauthorized
+            .explanation
+            .ends_with("`syctl dlq replay --all --provider crm --category rejected`."),
+        "{}",
+        unauthorized.explanation
+    );
+    let outage = find("exhausted", 503);
+    assert_eq!(outage.verdict, "retry_will_fix", "{}", outage.explanation);
+    assert!(
+        outage
+            .explanation
+            .contains("all 5 attempts (the last: HTTP 503)"),
+        "{}",
+        outage.explanation
+    );
+    assert!(
+        outage
+            .explanation
+            .ends_with("--provider crm --category exhausted`."),
+        "{}",
+        outage.explanation
+    );
+    let mapping = find("mapping", 0);
+    assert_eq!(mapping.verdict, "needs_config");
+    assert!(
+        mapping
+            .explanation
+            .contains("`syctl mapping test order-to-contact@1 --sample event.json`"),
+        "{}",
+        mapping.explanation
+    );
+    let shown = client
+        .get_dead_letter(GetDeadLetterRequest {
+            sequence: unauthorized.sequence,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (shown.verdict.as_str(), shown.explanation.as_str()),
+        (
+            unauthorized.verdict.as_str(),
+            unauthorized.explanation.as_str()
+        ),
+        "listed and shown alike"
+    );
+
+    // The same through syctl, and never the secret's value.
+    let syctl_out = |args: &[&str]| {
+        let output = std::process::Command::new(syctl())
+            .args(["--server", &pipeline.control_url])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(!text.contains(TOKEN_VALUE), "the secret's value: {text}");
+        text
+    };
+    let show = syctl_out(&["dlq", "show", &unauthorized.sequence.to_string()]);
+    assert!(show.contains("verdict: needs_config"), "{show}");
+    assert!(show.contains("CRM_TOKEN was refused"), "{show}");
+    let listed = syctl_out(&["dlq", "list"]);
+    for verdict in ["needs_human", "needs_config", "retry_will_fix"] {
+        assert!(listed.contains(verdict), "{verdict} in {listed}");
+    }
+    // Each of the outage's attempts: four retries and the last, all passing causes.
+    let lineage = syctl_out(&["events", "show", &outage.event_id]);
+    assert_eq!(
+        lineage.matches("retry_will_fix: Attempt").count(),
+        4,
+        "{lineage}"
+    );
+    assert!(
+        lineage.contains("retry_will_fix: Provider crm failed all 5 attempts"),
+        "{lineage}"
+    );
+    let event = switchyard_proto::event_service_client::EventServiceClient::new(channel)
+        .get_event(switchyard_proto::GetEventRequest {
+            event_id: refused.event_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let attempt = &event.routes[0].attempts[0];
+    assert_eq!(
+        (attempt.category.as_str(), attempt.verdict.as_str()),
+        ("rejected", "needs_human")
+    );
+    assert!(
+        attempt
+            .explanation
+            .ends_with(&format!("`syctl dlq replay {}`.", refused.sequence)),
+        "the attempt names its dead letter: {}",
+        attempt.explanation
+    );
+    for letter in &letters {
+        assert!(!letter.explanation.contains(TOKEN_VALUE));
+    }
+    let accepted: Vec<String> = provider.accepted().iter().map(order_id).collect();
+    assert_eq!(accepted, ["fine"], "only the fine order got through, once");
 }

@@ -144,8 +144,8 @@ pub async fn run(
                 .into_inner();
             let mut text = Text::default();
             text.line(format_args!(
-                "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<36}  REASON",
-                "SEQ", "DEAD-LETTERED", "PROVIDER", "CATEGORY", "ROUTE", "EVENT"
+                "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<14} {:<36}  REASON",
+                "SEQ", "DEAD-LETTERED", "PROVIDER", "CATEGORY", "VERDICT", "ROUTE", "EVENT"
             ));
             for letter in &response.dead_letters {
                 let provider = if letter.provider.is_empty() {
@@ -154,11 +154,12 @@ pub async fn run(
                     letter.provider.clone()
                 };
                 text.line(format_args!(
-                    "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<36}  {}",
+                    "{:>6}  {:<20}  {:<12} {:<10} {:<14} {:<14} {:<36}  {}",
                     letter.sequence,
                     rfc3339(letter.dead_lettered_at.as_ref()).unwrap_or_default(),
                     provider,
                     letter.category,
+                    letter.verdict,
                     letter.route,
                     letter.event_id,
                     letter.reason
@@ -252,6 +253,8 @@ fn to_json(letter: &DeadLetter) -> Value {
         "mapping": letter.mapping,
         "category": letter.category,
         "reason": letter.reason,
+        "verdict": letter.verdict,
+        "explanation": letter.explanation,
         "attempts": letter.attempts,
         "last_status": (letter.last_status != 0).then_some(letter.last_status),
         "response_excerpt": letter.response_excerpt,

@@ -43,6 +43,8 @@ pub async fn run(command: EventsCommand, connection: Connection) -> Result<Outpu
                     "latency_ms": a.latency_ms,
                     "category": a.category,
                     "reason": a.reason,
+                    "verdict": (!a.verdict.is_empty()).then_some(&a.verdict),
+                    "explanation": (!a.explanation.is_empty()).then_some(&a.explanation),
                 })).collect::<Vec<_>>(),
             })
         })
@@ -90,6 +92,12 @@ pub async fn run(command: EventsCommand, connection: Connection) -> Result<Outpu
                 attempt.latency_ms,
                 attempt.reason
             ));
+            if !attempt.verdict.is_empty() {
+                text.line(format_args!(
+                    "        {}: {}",
+                    attempt.verdict, attempt.explanation
+                ));
+            }
         }
         for sequence in &route.dead_letters {
             text.line(format_args!(

@@ -22,8 +22,9 @@ use switchyard_core::{
     config::Scope,
     event, headers,
     ledger::{self, Ledger},
-    outcome::OutcomeRecord,
+    outcome::{Outcome, OutcomeRecord},
     topology::{self, DeadLetterOwner},
+    verdict::{Facts, Failed},
 };
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -32,6 +33,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     error::ApiError,
+    explain::Explainer,
     proto::convert::{timestamp, timestamp_of},
     proto::{self, GetEventRequest, RouteLineage, event_service_server::EventService},
 };
@@ -46,12 +48,18 @@ const CLOCK_SLACK: Duration = Duration::from_secs(60);
 pub struct EventApi {
     jetstream: jetstream::Context,
     store: CatalogStore,
+    explainer: Explainer,
 }
 
 impl EventApi {
-    /// Looks events up in the streams of `jetstream`.
-    pub fn new(jetstream: jetstream::Context, store: CatalogStore) -> Self {
-        Self { jetstream, store }
+    /// Looks events up in the streams of `jetstream`, explaining failed attempts with
+    /// `explainer`.
+    pub fn new(jetstream: jetstream::Context, store: CatalogStore, explainer: Explainer) -> Self {
+        Self {
+            jetstream,
+            store,
+            explainer,
+        }
     }
 }
 
@@ -287,6 +295,7 @@ impl EventService for EventApi {
         {
             entry(&mut routes, &route.name);
         }
+        let mut failed = Vec::new();
         for found in &attempts {
             let Ok(record) = serde_json::from_slice::<OutcomeRecord>(&found.payload) else {
                 continue;
@@ -297,6 +306,9 @@ impl EventService for EventApi {
             entry(&mut routes, &attempt.route);
             let lineage = routes.get_mut(&attempt.route).expect("just added");
             lineage.provider = record.provider.clone();
+            if attempt.category != Outcome::Delivered {
+                failed.push((lineage.attempts.len(), attempt.clone()));
+            }
             lineage.attempts.push(proto::Attempt {
                 attempt: attempt.attempt,
                 at: timestamp(&record.at),
@@ -305,6 +317,7 @@ impl EventService for EventApi {
                 category: attempt.category.to_string(),
                 reason: attempt.reason.clone().unwrap_or_default(),
                 batch: attempt.batch.clone().unwrap_or_default(),
+                ..Default::default()
             });
         }
         for (found, state) in dead
@@ -338,6 +351,37 @@ impl EventService for EventApi {
                 .map_err(ApiError::from)?;
             if record.delivered {
                 lineage.state = "delivered".into();
+            }
+        }
+        let mut session = self.explainer.session();
+        for (index, attempt) in failed {
+            let lineage = routes
+                .get_mut(&attempt.route)
+                .expect("added with the attempt");
+            let explanation = session
+                .explain(Facts {
+                    failed: Failed::Attempt {
+                        outcome: attempt.category,
+                        dead_letter: lineage.dead_letters.last().copied(),
+                    },
+                    provider: &lineage.provider,
+                    source,
+                    route: &lineage.route,
+                    mapping: &lineage.mapping,
+                    status: attempt.status,
+                    error: attempt.error,
+                    reason: attempt.reason.as_deref().unwrap_or_default(),
+                    excerpt: "",
+                    failing_paths: &[],
+                    attempts: attempt.attempt,
+                    breaker_open: false,
+                    secrets: &[],
+                })
+                .await?;
+            if let Some(explanation) = explanation {
+                let shown = &mut lineage.attempts[index];
+                shown.verdict = explanation.verdict.to_string();
+                shown.explanation = explanation.text;
             }
         }
 

@@ -13,6 +13,7 @@ mod console;
 mod dead_letters;
 mod error;
 mod events;
+mod explain;
 mod mapping;
 mod provider;
 mod replay;
@@ -29,8 +30,8 @@ use crate::auth::Authenticate;
 
 pub use crate::{
     catalog::CatalogApi, dead_letters::DeadLetterApi, error::ApiError, events::EventApi,
-    mapping::MappingApi, provider::ProviderApi, replay::ReplayApi, source::SourceApi,
-    stats::StatsApi,
+    explain::Explainer, mapping::MappingApi, provider::ProviderApi, replay::ReplayApi,
+    source::SourceApi, stats::StatsApi,
 };
 
 use switchyard_proto as proto;
@@ -99,13 +100,14 @@ pub async fn run(
     let nats = nats::connect(&settings.nats, "control").await?;
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
+    let explainer = Explainer::new(store.clone(), &nats.jetstream).await?;
     let apis = Apis {
         catalog: CatalogApi::new(store.clone(), guard),
         mappings: MappingApi::new(store.clone()),
         replay: ReplayApi::new(nats.jetstream.clone()),
         providers: ProviderApi::new(store.clone(), nats.clone()).await?,
-        dead_letters: DeadLetterApi::new(nats.jetstream.clone()),
-        events: EventApi::new(nats.jetstream.clone(), store.clone()),
+        dead_letters: DeadLetterApi::new(nats.jetstream.clone(), explainer.clone()),
+        events: EventApi::new(nats.jetstream.clone(), store.clone(), explainer),
         sources: SourceApi::new(store.clone(), nats.clone()),
         stats: StatsApi::new(nats.jetstream.clone(), store),
     };

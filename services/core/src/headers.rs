@@ -34,6 +34,8 @@ pub const ORDERING_KEY: &str = "Switchyard-Ordering-Key";
 pub const FAILURE_CATEGORY: &str = "Switchyard-Failure-Category";
 /// Human-readable reason for a dead letter.
 pub const FAILURE_REASON: &str = "Switchyard-Failure-Reason";
+/// What kind of error a dead letter's last attempt met (an `ErrorKind` name).
+pub const ERROR_KIND: &str = "Switchyard-Error-Kind";
 /// The JSON pointers that broke a contract, separated by spaces.
 pub const FAILING_PATHS: &str = "Switchyard-Failing-Paths";
 /// Delivery attempts made before a message was dead-lettered.

@@ -32,6 +32,7 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
+pub mod verdict;
 
 pub use error::{BoxError, Error};
 

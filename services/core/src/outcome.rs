@@ -200,7 +200,50 @@ impl ErrorKind {
     }
 }
 
+impl ErrorKind {
+    /// The kind of an HTTP answer with `status`.
+    pub const fn of_status(status: u16) -> Self {
+        match status {
+            200..=299 => Self::None,
+            429 => Self::Http429,
+            400..=499 => Self::Http4xx,
+            500..=599 => Self::Http5xx,
+            _ => Self::Other,
+        }
+    }
+}
+
 named!(ErrorKind, "an error kind");
+
+/// What it takes to get a failed event through, for the person looking at it
+/// ([`crate::verdict`] gives it with an explanation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The cause is passing (an outage, a timeout, a rate limit): trying again later
+    /// gets it through, with nothing changed.
+    RetryWillFix,
+    /// The data or the provider's answer needs a person to look at it and decide.
+    NeedsHuman,
+    /// Something Switchyard is configured with (a mapping, a URL, a secret, the
+    /// outbound guard) has to change first.
+    NeedsConfig,
+}
+
+impl Verdict {
+    /// Every verdict.
+    pub const ALL: [Self; 3] = [Self::RetryWillFix, Self::NeedsHuman, Self::NeedsConfig];
+
+    /// The name in the API, the CLI and the console.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RetryWillFix => "retry_will_fix",
+            Self::NeedsHuman => "needs_human",
+            Self::NeedsConfig => "needs_config",
+        }
+    }
+}
+
+named!(Verdict, "a verdict");
 
 /// One record on `outcome.<provider>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

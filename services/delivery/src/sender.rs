@@ -55,11 +55,7 @@ impl Answer {
     /// The kind of failure for metrics and outcome records.
     pub fn error_kind(&self) -> ErrorKind {
         match (self.status, &self.failure) {
-            (Some(200..=299), _) => ErrorKind::None,
-            (Some(429), _) => ErrorKind::Http429,
-            (Some(400..=499), _) => ErrorKind::Http4xx,
-            (Some(500..=599), _) => ErrorKind::Http5xx,
-            (Some(_), _) => ErrorKind::Other,
+            (Some(status), _) => ErrorKind::of_status(status),
             (None, _) if self.not_sent => ErrorKind::Credentials,
             (None, Some(failure)) => failure.kind.into(),
             (None, None) => ErrorKind::Other,

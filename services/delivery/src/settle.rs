@@ -193,6 +193,7 @@ impl Delivery {
             headers::sanitize_value(&reason).as_str(),
         );
         out.insert(headers::ATTEMPTS, attempts.to_string().as_str());
+        out.insert(headers::ERROR_KIND, answer.error_kind().as_str());
         if let Some(status) = answer.status {
             out.insert(headers::LAST_STATUS, status.to_string().as_str());
         }

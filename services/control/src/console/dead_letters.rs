@@ -147,6 +147,7 @@ pub async fn list(
                                 th scope="col" { "Provider / source" }
                                 th scope="col" { "Route" }
                                 th scope="col" { "Category" }
+                                th scope="col" { "Verdict" }
                                 th scope="col" { "Reason" }
                             }
                         }
@@ -164,6 +165,7 @@ pub async fn list(
                                     td { @if letter.provider.is_empty() { (letter.source) } @else { (letter.provider) } }
                                     td { (letter.route) }
                                     td { (letter.category) }
+                                    td { (letter.verdict.replace('_', " ")) }
                                     td.reason { (letter.reason) }
                                 }
                             }
@@ -225,6 +227,7 @@ pub async fn show(
         &session,
         &format!("Dead letter {sequence}"),
         html! {
+            (layout::verdict(&letter.verdict, &letter.explanation))
             (facts(&letter))
             @if layout::can_operate(&session) {
                 form.actions method="post" action="/dead-letters/replay" {

@@ -129,6 +129,7 @@ fn lineage(route: &RouteLineage) -> Markup {
                                 td {
                                     (attempt.reason)
                                     @if !attempt.batch.is_empty() { " (batch " code { (attempt.batch) } ")" }
+                                    (layout::verdict(&attempt.verdict, &attempt.explanation))
                                 }
                             }
                         }

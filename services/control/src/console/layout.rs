@@ -154,6 +154,22 @@ pub fn headers(headers: &HashMap<String, String>) -> Markup {
     }
 }
 
+/// A failure's verdict and what to do about it; nothing when it has none.
+pub fn verdict(verdict: &str, explanation: &str) -> Markup {
+    let label = match verdict {
+        "retry_will_fix" => "Retry will fix it",
+        "needs_human" => "Needs a person",
+        "needs_config" => "Needs a configuration change",
+        _ => return html! {},
+    };
+    html! {
+        p.explained.(verdict) {
+            strong { (label) ": " }
+            (explanation)
+        }
+    }
+}
+
 /// A definition list of label and value pairs.
 pub fn facts(rows: &[(&str, Markup)]) -> Markup {
     html! {

@@ -5,7 +5,11 @@ mod queue;
 mod replayer;
 
 use async_nats::jetstream;
-use switchyard_core::{config::Scope, outcome::FailureCategory};
+use switchyard_core::{
+    config::Scope,
+    outcome::FailureCategory,
+    verdict::{Explanation, Facts, Failed},
+};
 use tonic::{Request, Response, Status};
 
 use self::{
@@ -15,6 +19,7 @@ use self::{
 
 use crate::{
     auth,
+    explain::{Explainer, Session},
     proto::convert::timestamp_of,
     proto::{
         self, DeadLetterProgress, GetDeadLetterRequest, ListDeadLettersRequest,
@@ -31,15 +36,49 @@ const DEFAULT_PAGE: usize = 50;
 #[derive(Clone)]
 pub struct DeadLetterApi {
     queue: DeadLetters,
+    explainer: Explainer,
 }
 
 impl DeadLetterApi {
-    /// Serves the queue stored in `jetstream`.
-    pub fn new(jetstream: jetstream::Context) -> Self {
+    /// Serves the queue stored in `jetstream`, explaining each dead letter with
+    /// `explainer`.
+    pub fn new(jetstream: jetstream::Context, explainer: Explainer) -> Self {
         Self {
             queue: DeadLetters::new(jetstream),
+            explainer,
         }
     }
+}
+
+/// The verdict on `letter` and its explanation; none for a letter whose category
+/// header is missing or unknown.
+async fn explain(
+    session: &mut Session<'_>,
+    letter: &DeadLetter,
+) -> Result<Option<Explanation>, Status> {
+    let Some(category) = letter.category else {
+        return Ok(None);
+    };
+    session
+        .explain(Facts {
+            failed: Failed::DeadLetter {
+                sequence: letter.sequence,
+                category,
+            },
+            provider: &letter.provider,
+            source: &letter.source,
+            route: &letter.route,
+            mapping: &letter.mapping,
+            status: Some(letter.last_status).filter(|status| *status != 0),
+            error: letter.error,
+            reason: &letter.reason,
+            excerpt: &letter.response_excerpt,
+            failing_paths: &letter.failing_paths,
+            attempts: letter.attempts,
+            breaker_open: false,
+            secrets: &[],
+        })
+        .await
 }
 
 /// The criteria of a request's filter; empty fields match any.
@@ -78,9 +117,14 @@ fn selection(selection: Option<proto::DeadLetterSelection>) -> Result<Selection,
     })
 }
 
-fn to_proto(letter: DeadLetter, full: bool) -> proto::DeadLetter {
+fn to_proto(letter: DeadLetter, full: bool, explanation: Option<Explanation>) -> proto::DeadLetter {
     let received_at = proto::convert::timestamp(&letter.received_at);
+    let (verdict, explanation) = explanation
+        .map(|e| (e.verdict.to_string(), e.text))
+        .unwrap_or_default();
     proto::DeadLetter {
+        verdict,
+        explanation,
         sequence: letter.sequence,
         subject: letter.subject,
         provider: letter.provider,
@@ -148,11 +192,14 @@ impl DeadLetterService for DeadLetterApi {
             })?,
         };
         let (page, next) = self.queue.list(&criteria, from, page_size).await?;
+        let mut session = self.explainer.session();
+        let mut dead_letters = Vec::with_capacity(page.len());
+        for letter in page {
+            let explanation = explain(&mut session, &letter).await?;
+            dead_letters.push(to_proto(letter, false, explanation));
+        }
         Ok(Response::new(ListDeadLettersResponse {
-            dead_letters: page
-                .into_iter()
-                .map(|letter| to_proto(letter, false))
-                .collect(),
+            dead_letters,
             next_page_token: next
                 .map(|sequence| sequence.to_string())
                 .unwrap_or_default(),
@@ -165,11 +212,12 @@ impl DeadLetterService for DeadLetterApi {
     ) -> Result<Response<proto::DeadLetter>, Status> {
         auth::require(&request, Scope::Read, "GetDeadLetter")?;
         let sequence = request.into_inner().sequence;
-        self.queue
-            .get(sequence)
-            .await?
-            .map(|letter| Response::new(to_proto(letter, true)))
-            .ok_or_else(|| Status::not_found(format!("no dead letter at sequence {sequence}")))
+        let letter =
+            self.queue.get(sequence).await?.ok_or_else(|| {
+                Status::not_found(format!("no dead letter at sequence {sequence}"))
+            })?;
+        let explanation = explain(&mut self.explainer.session(), &letter).await?;
+        Ok(Response::new(to_proto(letter, true, explanation)))
     }
 
     type ReplayDeadLettersStream = ProgressStream<DeadLetterProgress>;

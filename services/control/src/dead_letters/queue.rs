@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use switchyard_core::{
     headers,
-    outcome::FailureCategory,
+    outcome::{ErrorKind, FailureCategory},
     topology::{self, DeadLetterOwner},
 };
 use time::OffsetDateTime;
@@ -73,6 +73,8 @@ pub struct DeadLetter {
     pub category: Option<FailureCategory>,
     /// The reason in words.
     pub reason: String,
+    /// What kind of error the last attempt met, when delivery recorded it.
+    pub error: Option<ErrorKind>,
     /// Counted delivery attempts.
     pub attempts: u32,
     /// The provider's last HTTP status.
@@ -122,6 +124,7 @@ impl DeadLetter {
             mapping: header(headers::MAPPING),
             category: header(headers::FAILURE_CATEGORY).parse().ok(),
             reason: header(headers::FAILURE_REASON),
+            error: header(headers::ERROR_KIND).parse().ok(),
             attempts: header(headers::ATTEMPTS).parse().unwrap_or_default(),
             last_status: header(headers::LAST_STATUS).parse().unwrap_or_default(),
             response_excerpt: header(headers::RESPONSE_EXCERPT),

@@ -124,9 +124,10 @@ enum Replayed {
 }
 
 /// Headers that describe a failure, dropped when a dead letter is sent on.
-const FAILURE_HEADERS: [&str; 6] = [
+const FAILURE_HEADERS: [&str; 7] = [
     headers::FAILURE_CATEGORY,
     headers::FAILURE_REASON,
+    headers::ERROR_KIND,
     headers::FAILING_PATHS,
     headers::ATTEMPTS,
     headers::LAST_STATUS,

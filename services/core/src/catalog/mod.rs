@@ -105,6 +105,19 @@ pub struct Provider {
     pub batch_results: Option<String>,
 }
 
+impl Provider {
+    /// The names (never the values) of the secrets its requests authenticate with:
+    /// those of `auth`, then those of `headers`.
+    pub fn credential_secrets(&self) -> Vec<String> {
+        let auth = self.auth.iter().flat_map(Auth::secret_names);
+        let headers = self.headers.values().filter_map(|value| match value {
+            HeaderValue::Secret(reference) => Some(reference.secret.as_str()),
+            HeaderValue::Literal(_) => None,
+        });
+        auth.chain(headers).map(str::to_owned).collect()
+    }
+}
+
 /// HTTP methods a delivery can use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]

@@ -100,6 +100,19 @@ pub enum Auth {
     },
 }
 
+impl Auth {
+    /// The names (never the values) of the secrets its requests carry.
+    pub fn secret_names(&self) -> Vec<&str> {
+        match self {
+            Self::Bearer(name) => vec![name.secret.as_str()],
+            Self::Basic { password, .. } => vec![password.secret.as_str()],
+            Self::ApiKey { secret, .. } => vec![secret.as_str()],
+            Self::Oauth2(oauth) => vec![oauth.client_secret.secret.as_str()],
+            Self::StandardWebhooks { secrets } => secrets.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
 /// The written form of [`Auth`]: one key per kind, exactly one present.
 #[derive(Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -49,6 +49,22 @@ fn parses_the_documented_format_with_defaults() {
 }
 
 #[test]
+fn a_provider_names_the_secrets_its_requests_carry() {
+    let mut provider = catalog().provider("crm").unwrap().clone();
+    assert_eq!(provider.credential_secrets(), ["CRM_TOKEN"]);
+    provider.auth = Some(Auth::StandardWebhooks {
+        secrets: vec!["WHSEC_NEW".into(), "WHSEC_OLD".into()],
+    });
+    assert_eq!(
+        provider.credential_secrets(),
+        ["WHSEC_NEW", "WHSEC_OLD", "CRM_TOKEN"]
+    );
+    provider.headers.clear();
+    provider.auth = None;
+    assert!(provider.credential_secrets().is_empty());
+}
+
+#[test]
 fn round_trips_through_json_and_yaml() {
     let catalog = catalog();
     let json = serde_json::to_string(&catalog).unwrap();
