@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/v1/events.proto",
         "switchyard/v1/stats.proto",
         "switchyard/v1/source.proto",
+        "switchyard/v1/routes.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -5,7 +5,8 @@ use switchyard_core::{
     config::{ApiKeySettings, Scope, TlsSettings},
 };
 use switchyard_proto::{
-    ApplyRequest, ListResourcesRequest, catalog_service_client::CatalogServiceClient,
+    ApplyRequest, CanaryActionRequest, GetCanaryRequest, ListResourcesRequest,
+    catalog_service_client::CatalogServiceClient, route_service_client::RouteServiceClient,
 };
 use switchyard_tests::{FakeProvider, Pipeline, TestNats, syctl};
 use tonic::{Code, Request};
@@ -108,6 +109,55 @@ async fn keys_and_scopes_decide_what_a_caller_may_do() {
         .unwrap()
         .into_inner();
     assert!(applied.revision > revision);
+
+    // A canary: the reader may look, the operator may roll back, only an admin may
+    // promote (it changes the catalog). The route has no canary, so the allowed
+    // calls get past the scope check to FAILED_PRECONDITION.
+    let mut routes = RouteServiceClient::new(pipeline.control_channel().await);
+    let action = || CanaryActionRequest {
+        route: "orders".into(),
+        reason: String::new(),
+    };
+    let denied = routes
+        .rollback_canary(with_key(action(), READ_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("RollbackCanary needs operate"),
+        "{denied:?}"
+    );
+    let denied = routes
+        .promote_canary(with_key(action(), OPERATE_KEY))
+        .await
+        .unwrap_err();
+    assert!(
+        denied.message().contains("PromoteCanary needs admin"),
+        "{denied:?}"
+    );
+    for (key, call) in [(OPERATE_KEY, "rollback"), (ADMIN_KEY, "promote")] {
+        let answered = match call {
+            "rollback" => routes.rollback_canary(with_key(action(), key)).await,
+            _ => routes.promote_canary(with_key(action(), key)).await,
+        }
+        .unwrap_err();
+        assert_eq!(answered.code(), Code::FailedPrecondition, "{answered:?}");
+        assert!(answered.message().contains("has no canary"), "{answered:?}");
+    }
+    let looked = routes
+        .get_canary(with_key(
+            GetCanaryRequest {
+                route: "orders".into(),
+            },
+            READ_KEY,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        looked.code(),
+        Code::NotFound,
+        "a reader may look: {looked:?}"
+    );
 
     // syctl sends the key from SYCTL_API_KEY; without one it exits 1 and says why.
     let run = |key: Option<&str>| {

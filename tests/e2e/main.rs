@@ -4,6 +4,7 @@
 mod access;
 mod auth;
 mod batches;
+mod canary;
 mod cdc;
 mod chaos;
 mod chart;

@@ -21,6 +21,7 @@ mod output;
 mod progress;
 mod providers;
 mod replay;
+mod routes;
 mod sources;
 mod stats;
 mod suggest;
@@ -98,6 +99,9 @@ enum Command {
     /// Provider status, pause, resume and breaker reset.
     #[command(subcommand)]
     Providers(providers::ProvidersCommand),
+    /// A route's canary mapping version: results, promote, roll back.
+    #[command(subcommand)]
+    Routes(routes::RoutesCommand),
     /// API keys of the control API (offline).
     #[command(subcommand)]
     Keys(keys::KeysCommand),
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> Result<Output, Failure> {
         Command::Mapping(command) => mapping::run(command, remote).await,
         Command::Dlq(command) => dlq::run(command, remote.connect().await?, format).await,
         Command::Providers(command) => providers::run(command, remote.connect().await?).await,
+        Command::Routes(command) => routes::run(command, remote.connect().await?).await,
         Command::Keys(command) => keys::run(command),
         Command::Replay(args) => replay::run(args, remote.connect().await?, format).await,
         Command::Sources(command) => sources::run(command, remote.connect().await?).await,

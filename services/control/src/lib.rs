@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+mod canary;
 mod catalog;
 mod console;
 mod dead_letters;
@@ -29,9 +30,9 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncomi
 use crate::auth::Authenticate;
 
 pub use crate::{
-    catalog::CatalogApi, dead_letters::DeadLetterApi, error::ApiError, events::EventApi,
-    explain::Explainer, mapping::MappingApi, provider::ProviderApi, replay::ReplayApi,
-    source::SourceApi, stats::StatsApi,
+    canary::RouteApi, catalog::CatalogApi, dead_letters::DeadLetterApi, error::ApiError,
+    events::EventApi, explain::Explainer, mapping::MappingApi, provider::ProviderApi,
+    replay::ReplayApi, source::SourceApi, stats::StatsApi,
 };
 
 use switchyard_proto as proto;
@@ -85,6 +86,7 @@ pub(crate) struct Apis {
     pub events: EventApi,
     pub sources: SourceApi,
     pub stats: StatsApi,
+    pub routes: RouteApi,
 }
 
 /// Serves the control API, and the console when it has a listener, until `shutdown`
@@ -109,8 +111,13 @@ pub async fn run(
         dead_letters: DeadLetterApi::new(nats.jetstream.clone(), explainer.clone()),
         events: EventApi::new(nats.jetstream.clone(), store.clone(), explainer),
         sources: SourceApi::new(store.clone(), nats.clone()),
-        stats: StatsApi::new(nats.jetstream.clone(), store),
+        stats: StatsApi::new(nats.jetstream.clone(), store.clone()),
+        routes: RouteApi::new(store.clone(), nats.jetstream.clone()).await?,
     };
+    shutdown.spawn(
+        "canary-judge",
+        canary::judge(nats.jetstream.clone(), store, shutdown.clone()),
+    );
     let console = listeners.console.map(|listener| {
         let console = console::Console::new(
             apis.clone(),
@@ -156,6 +163,9 @@ async fn serve_grpc(
         .await;
     health
         .set_serving::<proto::event_service_server::EventServiceServer<EventApi>>()
+        .await;
+    health
+        .set_serving::<proto::route_service_server::RouteServiceServer<RouteApi>>()
         .await;
     health
         .set_serving::<proto::stats_service_server::StatsServiceServer<StatsApi>>()
@@ -239,6 +249,12 @@ async fn serve_grpc(
         .add_service(
             proto::stats_service_server::StatsServiceServer::with_interceptor(
                 apis.stats,
+                authenticate.clone(),
+            ),
+        )
+        .add_service(
+            proto::route_service_server::RouteServiceServer::with_interceptor(
+                apis.routes,
                 authenticate,
             ),
         )

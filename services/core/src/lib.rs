@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod apikey;
 pub mod auth;
+pub mod canary;
 pub mod catalog;
 pub mod config;
 pub mod consumer;

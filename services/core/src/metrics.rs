@@ -97,6 +97,30 @@ pub struct ConsumerLabels {
     pub consumer: String,
 }
 
+/// One result of one mapping version of a route with a canary.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryLabels {
+    /// The route.
+    pub route: String,
+    /// The version, `name@version`.
+    pub mapping: String,
+    /// `stable` (the route's own) or `canary`.
+    pub version: String,
+    /// `delivered`, `mapping`, `contract`, `rejected`, `exhausted` or `retries`.
+    pub result: String,
+}
+
+/// One mapping version of a route with a canary.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CanaryVersionLabels {
+    /// The route.
+    pub route: String,
+    /// The version, `name@version`.
+    pub mapping: String,
+    /// `stable` or `canary`.
+    pub version: String,
+}
+
 /// A service.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabels {
@@ -159,6 +183,14 @@ pub struct Metrics {
     pub http_connections: Family<ListenerLabels, Gauge>,
     /// The catalog revision a service runs.
     pub catalog_revision: Family<ServiceLabels, Gauge>,
+    /// Finished events (and retries) of each version of a route with a canary, since
+    /// the canary started (control's judge).
+    pub canary_events: Family<CanaryLabels, Gauge>,
+    /// The dead-lettered share (0–1) of each version's finished events since the
+    /// canary started.
+    pub canary_failed_ratio: Family<CanaryVersionLabels, Gauge<f64, AtomicU64>>,
+    /// Canaries rolled back automatically, per route.
+    pub canary_rollbacks: Family<RouteLabels, Counter>,
     registry: Registry,
     /// Name, help and type of every family, in registration order.
     descriptors: Vec<(&'static str, &'static str, MetricType)>,
@@ -316,7 +348,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "The catalog revision a service runs",
         Family::<ServiceLabels, Gauge>::default(),
     );
+    let canary_events = metrics.add(
+        "canary_events",
+        "Finished events and retries of each mapping version of a route with a canary, since it started",
+        Family::<CanaryLabels, Gauge>::default(),
+    );
+    let canary_failed_ratio = metrics.add(
+        "canary_failed_ratio",
+        "Dead-lettered share (0-1) of each version's finished events since the route's canary started",
+        Family::<CanaryVersionLabels, Gauge<f64, AtomicU64>>::default(),
+    );
+    let canary_rollbacks = metrics.add(
+        "canary_rollbacks",
+        "Canaries rolled back automatically, per route",
+        Family::<RouteLabels, Counter>::default(),
+    );
     Metrics {
+        canary_events,
+        canary_failed_ratio,
+        canary_rollbacks,
         breaker_state,
         breaker_transitions,
         deliveries,

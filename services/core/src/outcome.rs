@@ -265,6 +265,8 @@ pub enum Record {
     Attempt(Attempt),
     /// A transition of the provider's circuit breaker.
     Breaker(BreakerChange),
+    /// A route's canary mapping version stopped taking events, or was promoted.
+    Canary(CanaryChange),
 }
 
 /// One delivery attempt.
@@ -290,6 +292,22 @@ pub struct Attempt {
     /// The batch request that carried it, when the provider takes batches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
+    /// The mapping version that made the delivery, `name@version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<String>,
+}
+
+/// A canary's change of state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryChange {
+    /// The route.
+    pub route: String,
+    /// The canary version, `name@version`.
+    pub mapping: String,
+    /// The state it entered (`rolled_back`, `promoted`).
+    pub to: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// A breaker transition.
@@ -313,7 +331,7 @@ impl OutcomeRecord {
     pub fn attempt(&self) -> Option<&Attempt> {
         match &self.record {
             Record::Attempt(attempt) => Some(attempt),
-            Record::Breaker(_) => None,
+            _ => None,
         }
     }
 
@@ -321,7 +339,15 @@ impl OutcomeRecord {
     pub fn breaker(&self) -> Option<&BreakerChange> {
         match &self.record {
             Record::Breaker(change) => Some(change),
-            Record::Attempt(_) => None,
+            _ => None,
+        }
+    }
+
+    /// The canary change, if this record is one.
+    pub fn canary(&self) -> Option<&CanaryChange> {
+        match &self.record {
+            Record::Canary(change) => Some(change),
+            _ => None,
         }
     }
 }
@@ -368,6 +394,7 @@ mod tests {
                 error: Some(ErrorKind::Http5xx),
                 reason: Some("HTTP 503".into()),
                 batch: None,
+                mapping: None,
             }),
         };
         let wire = json!({

@@ -33,6 +33,8 @@ pub const CURSORS_BUCKET: &str = "switchyard-cursors";
 pub const LEASES_BUCKET: &str = "switchyard-leases";
 /// Operator pauses of providers.
 pub const PAUSES_BUCKET: &str = "switchyard-pauses";
+/// The state of each route's canary (taking events, rolled back, promoted).
+pub const CANARIES_BUCKET: &str = "switchyard-canaries";
 
 /// Subject an event of `source` with `event_type` is published to.
 pub fn ingest_subject(source: &str, event_type: &str) -> String {
@@ -328,6 +330,12 @@ pub fn bucket_configs(settings: &TopologySettings) -> Vec<stream::Config> {
         bucket(
             PAUSES_BUCKET,
             "Switchyard: operator pauses of providers",
+            1,
+            Duration::ZERO,
+        ),
+        bucket(
+            CANARIES_BUCKET,
+            "Switchyard: canary mapping versions of routes",
             1,
             Duration::ZERO,
         ),

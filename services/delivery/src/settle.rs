@@ -55,6 +55,8 @@ impl Delivery {
             error: Some(answer.error_kind()).filter(|kind| *kind != ErrorKind::None),
             reason: reason.clone(),
             batch: batch.map(str::to_owned),
+            mapping: headers::get(owed.message.headers.as_ref(), headers::MAPPING)
+                .map(str::to_owned),
         });
         match outcome {
             Outcome::Delivered => {

@@ -22,6 +22,7 @@ use async_nats::jetstream::{
 
 use futures::{StreamExt, stream::FuturesOrdered};
 use switchyard_core::{
+    canary::Stopped,
     catalog::{CatalogStore, Snapshot},
     config::Settings,
     consumer::Subscription,
@@ -51,6 +52,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
     topology::ensure_topology(&nats.jetstream, &settings.topology).await?;
     let store = CatalogStore::open(&nats.jetstream).await?;
     let catalog = store.watch(&shutdown).await?;
+    let stopped = Stopped::watch(&nats.jetstream, &shutdown).await?;
     let max_in_flight = settings.transform.max_in_flight;
     let config = pull::Config {
         durable_name: Some(topology::TRANSFORM_CONSUMER.to_owned()),
@@ -85,6 +87,7 @@ pub async fn run(settings: Settings, shutdown: Shutdown) -> Result<(), Error> {
         jetstream: nats.jetstream.clone(),
         catalog,
         store,
+        stopped,
         routing: Arc::default(),
     };
     let initial = transform.catalog.borrow_and_update().clone();
@@ -136,6 +139,7 @@ struct Transform {
     jetstream: jetstream::Context,
     catalog: watch::Receiver<Arc<Snapshot>>,
     store: CatalogStore,
+    stopped: Stopped,
     routing: Arc<Routing>,
 }
 
@@ -171,7 +175,12 @@ impl Transform {
         if snapshot.revision <= self.routing.revision && self.routing.revision != 0 {
             return;
         }
-        match Routing::build(&snapshot.catalog, snapshot.revision, &self.routing) {
+        match Routing::build(
+            &snapshot.catalog,
+            snapshot.revision,
+            &self.routing,
+            &self.stopped,
+        ) {
             Ok(routing) => {
                 tracing::info!(revision = snapshot.revision, "routes compiled");
                 switchyard_core::metrics::set_catalog_revision("transform", snapshot.revision);

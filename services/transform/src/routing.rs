@@ -9,7 +9,8 @@ use std::{collections::HashMap, sync::Arc};
 
 use async_nats::HeaderMap;
 use switchyard_core::{
-    catalog::{Catalog, MappingRef, Route},
+    canary::{self, Stopped},
+    catalog::{Canary, CanaryBy, Catalog, MappingRef, Route},
     contract::Violation,
     headers,
     mapping::{CompiledMapping, Event, Filter, MappingError, Output, Program, RunError},
@@ -25,9 +26,18 @@ pub struct CompiledRoute {
     /// Its mapping as `name@version`.
     pub mapping: String,
     compiled: Arc<CompiledMapping>,
+    canary: Option<CompiledCanary>,
     filter: Option<Filter>,
     ordering_key: Option<Program>,
     metrics: RouteMetrics,
+}
+
+/// A route's canary version, compiled.
+struct CompiledCanary {
+    canary: Canary,
+    /// `name@version`.
+    mapping: String,
+    compiled: Arc<CompiledMapping>,
 }
 
 /// The route's metric handles, looked up once per catalog change rather than per
@@ -90,6 +100,7 @@ pub struct Routing {
     pub revision: u64,
     routes: Vec<CompiledRoute>,
     mappings: HashMap<MappingRef, Arc<CompiledMapping>>,
+    stopped: Stopped,
 }
 
 /// Why a catalog revision could not be compiled (it passed validation when it was
@@ -173,8 +184,14 @@ fn build_error(what: String, errors: Vec<MappingError>) -> BuildError {
 }
 
 impl Routing {
-    /// Compiles `catalog`, reusing the mappings of `previous`.
-    pub fn build(catalog: &Catalog, revision: u64, previous: &Routing) -> Result<Self, BuildError> {
+    /// Compiles `catalog`, reusing the mappings of `previous`; canaries in `stopped`
+    /// take no events.
+    pub fn build(
+        catalog: &Catalog,
+        revision: u64,
+        previous: &Routing,
+        stopped: &Stopped,
+    ) -> Result<Self, BuildError> {
         let mut mappings = HashMap::new();
         for mapping in &catalog.mappings {
             let reference = mapping.reference();
@@ -208,10 +225,18 @@ impl Routing {
                 }
                 None => None,
             };
+            let canary = route.canary.as_ref().and_then(|canary| {
+                Some(CompiledCanary {
+                    canary: canary.clone(),
+                    mapping: canary.mapping.to_string(),
+                    compiled: mappings.get(&canary.mapping).cloned()?,
+                })
+            });
             routes.push(CompiledRoute {
                 route: route.clone(),
                 mapping: route.mapping.to_string(),
                 compiled,
+                canary,
                 filter,
                 ordering_key,
                 metrics: RouteMetrics::new(&route.name),
@@ -221,6 +246,7 @@ impl Routing {
             revision,
             routes,
             mappings,
+            stopped: stopped.clone(),
         })
     }
 
@@ -242,6 +268,15 @@ impl Routing {
             .find(|compiled| compiled.route.name == name)
     }
 
+    /// Whether `mapping` is `route`'s canary and it takes no events now.
+    pub fn stopped_canary(&self, route: &str, mapping: &str) -> bool {
+        self.route(route)
+            .and_then(|compiled| compiled.canary.as_ref())
+            .is_some_and(|canary| {
+                canary.mapping == mapping && self.stopped.stops(route, &canary.canary.mapping)
+            })
+    }
+
     /// Every message `event` produces: a delivery or a dead letter per route that
     /// takes it (only `only_route` when given), nothing for routes that filter or skip
     /// it. The event body is parsed once for all routes.
@@ -255,11 +290,12 @@ impl Routing {
         for (i, compiled) in routes.iter().enumerate() {
             let parsed = parsed.get_or_insert_with(|| Event::parse(event.payload));
             let started = std::time::Instant::now();
-            let decision = compiled.decide(parsed, i + 1 == routes.len());
+            let (decision, mapping) =
+                compiled.decide(parsed, i + 1 == routes.len(), event.event_id, &self.stopped);
             compiled
                 .metrics
                 .observe(&compiled.route.name, &decision, started.elapsed());
-            if let Some(outgoing) = compiled.outgoing(event, decision) {
+            if let Some(outgoing) = compiled.outgoing(event, decision, mapping) {
                 outputs.push(outgoing);
             }
         }
@@ -268,33 +304,66 @@ impl Routing {
 }
 
 impl CompiledRoute {
-    /// Runs the filter, the input contract, the program and the output contract;
-    /// `last` lets the program take the event instead of a copy.
-    pub fn decide(&self, event: &mut Result<Event, RunError>, last: bool) -> Decision {
+    /// Runs the filter, the input contract, the program and the output contract of
+    /// the version the event takes (the canary's, when it has one that takes events
+    /// and the event falls in its share); `last` lets the program take the event
+    /// instead of a copy. Returns the decision and the version, `name@version`.
+    pub fn decide(
+        &self,
+        event: &mut Result<Event, RunError>,
+        last: bool,
+        event_id: &str,
+        stopped: &Stopped,
+    ) -> (Decision, &str) {
+        let stable = self.mapping.as_str();
         let event = match event {
             Ok(event) => event,
-            Err(err) => return dead_letter(FailureCategory::Mapping, err.to_string(), &[]),
+            Err(err) => {
+                return (
+                    dead_letter(FailureCategory::Mapping, err.to_string(), &[]),
+                    stable,
+                );
+            }
         };
         if let Some(filter) = &self.filter {
             match filter.matches(event) {
                 Ok(true) => {}
-                Ok(false) => return Decision::Filtered,
+                Ok(false) => return (Decision::Filtered, stable),
                 Err(err) => {
-                    return dead_letter(
-                        FailureCategory::Filter,
-                        format!("the route's filter failed: {err}"),
-                        &[],
+                    return (
+                        dead_letter(
+                            FailureCategory::Filter,
+                            format!("the route's filter failed: {err}"),
+                            &[],
+                        ),
+                        stable,
                     );
                 }
             }
         }
         let ordering_key = self.ordering_key(event);
-        let applied = if last {
-            self.compiled.apply_last(event)
-        } else {
-            self.compiled.apply(event)
+        let (compiled, mapping) = match &self.canary {
+            Some(canary)
+                if !stopped.stops(&self.route.name, &canary.canary.mapping)
+                    && canary::takes_canary(
+                        &self.route.name,
+                        match canary.canary.by {
+                            CanaryBy::OrderingKey => ordering_key.as_deref().unwrap_or(event_id),
+                            CanaryBy::Event => event_id,
+                        },
+                        canary.canary.percent,
+                    ) =>
+            {
+                (&canary.compiled, canary.mapping.as_str())
+            }
+            _ => (&self.compiled, stable),
         };
-        match applied {
+        let applied = if last {
+            compiled.apply_last(event)
+        } else {
+            compiled.apply(event)
+        };
+        let decision = match applied {
             Ok(Output::Body(body)) => Decision::Deliver { body, ordering_key },
             Ok(Output::Skipped(reason)) => Decision::Skipped(reason),
             Err(failure) => dead_letter(
@@ -302,7 +371,8 @@ impl CompiledRoute {
                 failure.to_string(),
                 failure.violations(),
             ),
-        }
+        };
+        (decision, mapping)
     }
 
     /// The ordering key of `event` on this route, when the route has one and it
@@ -315,15 +385,20 @@ impl CompiledRoute {
         })
     }
 
-    /// The message a decision publishes, if any.
-    fn outgoing(&self, event: &Incoming<'_>, decision: Decision) -> Option<Outgoing> {
+    /// The message a decision of `mapping` publishes, if any.
+    fn outgoing(
+        &self,
+        event: &Incoming<'_>,
+        decision: Decision,
+        mapping: &str,
+    ) -> Option<Outgoing> {
         let route = &self.route;
         let mut out = HeaderMap::new();
         out.insert(headers::EVENT_ID, event.event_id);
         out.insert(headers::SOURCE, event.source);
         out.insert(headers::EVENT_TYPE, event.event_type);
         out.insert(headers::ROUTE, route.name.as_str());
-        out.insert(headers::MAPPING, self.mapping.as_str());
+        out.insert(headers::MAPPING, mapping);
         out.insert(headers::RECEIVED_AT, event.received_at);
         out.insert(
             headers::INGEST_SEQUENCE,
@@ -364,7 +439,7 @@ impl CompiledRoute {
                 reason,
                 paths,
             } => {
-                tracing::warn!(route = %route.name, mapping = %self.mapping, event_id = event.event_id, %category, reason, "dead-lettering the event");
+                tracing::warn!(route = %route.name, mapping, event_id = event.event_id, %category, reason, "dead-lettering the event");
                 if let Some(original) = event.headers {
                     for (name, values) in original.iter() {
                         if headers::get(Some(&out), name.as_ref()).is_none() {
@@ -410,5 +485,103 @@ fn dead_letter(category: FailureCategory, reason: String, violations: &[Violatio
             .iter()
             .map(|violation| violation.shown_path().to_owned())
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use switchyard_core::canary::{CanaryRecord, CanaryState, Tally};
+
+    use super::*;
+
+    fn compiled(canary: &str, stopped: &Stopped) -> Routing {
+        let catalog = Catalog::from_yaml(&format!(
+            r#"
+sources: [{{ name: shop }}]
+providers: [{{ name: crm, url: "http://127.0.0.1:9/x" }}]
+mappings:
+  - {{ name: m, version: 1, program: '. = {{"v": 1}}' }}
+  - {{ name: m, version: 2, program: '. = {{"v": 2}}' }}
+routes:
+  - name: orders
+    source: shop
+    mapping: m@1
+    provider: crm
+    ordering_key: .customer
+    canary: {canary}
+"#
+        ))
+        .unwrap();
+        Routing::build(&catalog, 1, &Routing::default(), stopped).unwrap()
+    }
+
+    /// The version an event with `id` from `customer` goes through.
+    fn version(routing: &Routing, id: &str, customer: &str) -> String {
+        let payload = bytes::Bytes::from(format!(r#"{{"customer": "{customer}"}}"#));
+        let incoming = Incoming {
+            source: "shop",
+            event_type: "order.created",
+            headers: None,
+            payload: &payload,
+            event_id: id,
+            sequence: 1,
+            received_at: "2026-12-02T00:00:00Z",
+        };
+        let outputs = routing.outputs(&incoming, None);
+        headers::get(Some(&outputs[0].headers), headers::MAPPING)
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn by_ordering_key_a_key_keeps_its_version_and_a_stopped_canary_takes_nothing() {
+        let stopped = Stopped::default();
+        let keyed = compiled("{ mapping: m@2, percent: 50, by: ordering_key }", &stopped);
+        let mut versions: HashMap<String, Vec<String>> = HashMap::new();
+        for i in 0..400 {
+            let customer = format!("c{}", i % 40);
+            versions.entry(customer.clone()).or_default().push(version(
+                &keyed,
+                &format!("e{i}"),
+                &customer,
+            ));
+        }
+        let canary_keys = versions.values().filter(|v| v[0] == "m@2").count();
+        assert!((10..=30).contains(&canary_keys), "{canary_keys} of 40 keys");
+        for (customer, seen) in &versions {
+            assert!(
+                seen.iter().all(|v| v == &seen[0]),
+                "{customer} switched: {seen:?}"
+            );
+        }
+
+        // By event, the same event always takes the same version, and keys mix.
+        let by_event = compiled("{ mapping: m@2, percent: 50 }", &stopped);
+        let mixed = (0..100)
+            .map(|i| version(&by_event, &format!("e{i}"), "c1"))
+            .filter(|v| v == "m@2")
+            .count();
+        assert!((30..=70).contains(&mixed), "{mixed} of 100");
+        assert_eq!(
+            version(&by_event, "e7", "c1"),
+            version(&by_event, "e7", "c2")
+        );
+
+        // Rolled back: every event takes the stable version, in routes built before.
+        let record = CanaryRecord {
+            mapping: "m@2".parse().unwrap(),
+            stable: "m@1".parse().unwrap(),
+            state: CanaryState::RolledBack,
+            since: String::new(),
+            reason: String::new(),
+            changed_at: String::new(),
+            canary: Tally::default(),
+            stable_tally: Tally::default(),
+        };
+        stopped.replace(&HashMap::from([("orders".to_owned(), record)]));
+        assert!(by_event.stopped_canary("orders", "m@2"));
+        assert!((0..100).all(|i| version(&by_event, &format!("e{i}"), "c1") == "m@1"));
     }
 }

@@ -14,6 +14,7 @@
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use switchyard_core::{
+    canary::Stopped,
     catalog::{Catalog, CatalogStore, matches_any},
     contract::Contract,
     event, headers,
@@ -62,8 +63,13 @@ impl DeadLetters {
         progress: mpsc::Sender<Progress>,
     ) -> Result<Progress, ApiError> {
         let snapshot = CatalogStore::open(&self.jetstream).await?.load().await?;
-        let routing = Routing::build(&snapshot.catalog, snapshot.revision, &Routing::default())
-            .map_err(|err| ApiError::Invalid(format!("the catalog does not compile: {err}")))?;
+        let routing = Routing::build(
+            &snapshot.catalog,
+            snapshot.revision,
+            &Routing::default(),
+            &Stopped::read(&self.jetstream).await?,
+        )
+        .map_err(|err| ApiError::Invalid(format!("the catalog does not compile: {err}")))?;
         let replayer = Replayer {
             jetstream: &self.jetstream,
             catalog: &snapshot.catalog,
@@ -152,12 +158,26 @@ impl Replayer<'_> {
             }
         }
         match letter.category {
+            Some(FailureCategory::Rejected | FailureCategory::Exhausted)
+                if self.routing.stopped_canary(&letter.route, &letter.mapping) =>
+            {
+                // The body is what a canary rolled back made of the event: the event
+                // itself goes through the route's own version instead.
+                match self.original(letter).await? {
+                    Some(original) => self.remap(letter, clean, &original).await,
+                    None => Ok(Replayed::Failed(format!(
+                        "made by canary {} (rolled back), and its event is no longer in {}",
+                        letter.mapping,
+                        topology::INGEST
+                    ))),
+                }
+            }
             Some(FailureCategory::Rejected | FailureCategory::Exhausted) => {
                 self.redeliver(letter, clean).await
             }
             Some(
                 FailureCategory::Mapping | FailureCategory::Contract | FailureCategory::Filter,
-            ) => self.remap(letter, clean).await,
+            ) => self.remap(letter, clean, &letter.body).await,
             Some(FailureCategory::Schema) => self.reingest(letter, clean).await,
             None => Ok(Replayed::Failed(format!(
                 "its {} header names no category that can be replayed",
@@ -211,9 +231,37 @@ impl Replayer<'_> {
         Ok(Replayed::Sent)
     }
 
-    /// An event a mapping, contract or filter could not handle runs through its
-    /// route's current version.
-    async fn remap(&self, letter: &DeadLetter, clean: HeaderMap) -> Result<Replayed, ApiError> {
+    /// The event a delivery was made from, as INGEST stored it.
+    async fn original(&self, letter: &DeadLetter) -> Result<Option<Bytes>, ApiError> {
+        let Some(sequence) = letter
+            .headers
+            .get(headers::INGEST_SEQUENCE)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return Ok(None);
+        };
+        let stream = self
+            .jetstream
+            .get_stream(topology::INGEST)
+            .await
+            .map_err(ApiError::nats)?;
+        match stream.get_raw_message(sequence).await {
+            Ok(message) => Ok(Some(message.payload)),
+            Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                Ok(None)
+            }
+            Err(err) => Err(ApiError::nats(err)),
+        }
+    }
+
+    /// An event (`payload`) a mapping, contract or filter could not handle, or whose
+    /// delivery a canary rolled back made, runs through its route's current version.
+    async fn remap(
+        &self,
+        letter: &DeadLetter,
+        clean: HeaderMap,
+        payload: &Bytes,
+    ) -> Result<Replayed, ApiError> {
         if self.routing.route(&letter.route).is_none() {
             return Ok(Replayed::Failed(format!(
                 "route {} is no longer in the catalog",
@@ -229,7 +277,7 @@ impl Replayer<'_> {
             source: &letter.source,
             event_type: &letter.event_type,
             headers: Some(&clean),
-            payload: &letter.body,
+            payload,
             event_id: &letter.event_id,
             sequence,
             received_at: &letter.received_at,

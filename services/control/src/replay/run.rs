@@ -17,6 +17,7 @@ use async_nats::jetstream::{
 };
 use futures::StreamExt;
 use switchyard_core::{
+    canary::Stopped,
     catalog::CatalogStore,
     event, headers,
     ledger::{self, Ledger},
@@ -87,8 +88,13 @@ pub async fn replay(
     progress: mpsc::Sender<Progress>,
 ) -> Result<Progress, ApiError> {
     let snapshot = CatalogStore::open(jetstream).await?.load().await?;
-    let routing = Routing::build(&snapshot.catalog, snapshot.revision, &Routing::default())
-        .map_err(|err| ApiError::Invalid(format!("the catalog does not compile: {err}")))?;
+    let routing = Routing::build(
+        &snapshot.catalog,
+        snapshot.revision,
+        &Routing::default(),
+        &Stopped::read(jetstream).await?,
+    )
+    .map_err(|err| ApiError::Invalid(format!("the catalog does not compile: {err}")))?;
     let source = check(&request, &snapshot.catalog, &routing)?;
     let route = (!request.route.is_empty()).then_some(request.route.as_str());
 

@@ -277,6 +277,45 @@ pub struct Route {
     /// provider in ingest order. No ordering when unset or when it yields null.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// A second mapping version that takes a share of the events beside `mapping`,
+    /// rolled back on its own when it fails more often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Canary>,
+}
+
+/// A canary mapping version on a route: `percent` of the events (picked by a
+/// deterministic hash, so an event always takes the same version) go through
+/// `mapping` instead of the route's. When its failed share exceeds the stable
+/// version's by more than `margin` points after `min_events` finished events each,
+/// it stops taking events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Canary {
+    /// The version tried, `name@version`.
+    pub mapping: MappingRef,
+    /// The share of events it takes, 1 to 50.
+    pub percent: u8,
+    /// What the hash is taken over.
+    #[serde(default)]
+    pub by: CanaryBy,
+    /// Finished events each version needs before they are compared.
+    #[serde(default = "defaults::canary_min_events")]
+    pub min_events: u32,
+    /// How many percentage points more of the canary's events may fail.
+    #[serde(default = "defaults::canary_margin")]
+    pub margin: f64,
+}
+
+/// What a canary's split hashes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CanaryBy {
+    /// The event id: each event on its own.
+    #[default]
+    Event,
+    /// The route's ordering key, so a key never switches version mid-stream (events
+    /// without a key go by their id).
+    OrderingKey,
 }
 
 impl Route {
@@ -319,6 +358,14 @@ mod defaults {
 
     pub fn event_types() -> Vec<String> {
         vec!["*".to_owned()]
+    }
+
+    pub fn canary_min_events() -> u32 {
+        200
+    }
+
+    pub fn canary_margin() -> f64 {
+        2.0
     }
 }
 

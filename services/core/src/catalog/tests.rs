@@ -566,3 +566,74 @@ sources:
         "{err}"
     );
 }
+
+#[test]
+fn a_canary_is_checked_at_apply_naming_each_field() {
+    // A second version of the mapping, and the route's canary.
+    let with = |canary: &str| {
+        CATALOG
+            .replace(
+                "routes:\n",
+                "  - name: order-to-contact\n    version: 2\n    program: '. = {\"email\": .customer.email}'\nroutes:\n",
+            )
+            .replace(
+                "    provider: crm\n",
+                &format!("    provider: crm\n    canary: {canary}\n"),
+            )
+    };
+    let good = Catalog::from_yaml(&with("{ mapping: order-to-contact@2, percent: 10 }")).unwrap();
+    let canary = good.routes[0].canary.as_ref().unwrap();
+    assert_eq!(
+        (canary.percent, canary.by, canary.min_events, canary.margin),
+        (10, CanaryBy::Event, 200, 2.0),
+        "the defaults"
+    );
+    for (canary, path, says) in [
+        (
+            "{ mapping: order-to-contact@3, percent: 10 }",
+            "routes[0].canary.mapping",
+            "no mapping order-to-contact@3",
+        ),
+        (
+            "{ mapping: order-to-contact@1, percent: 10 }",
+            "routes[0].canary.mapping",
+            "the route's own mapping",
+        ),
+        (
+            "{ mapping: order-to-contact@2, percent: 0 }",
+            "routes[0].canary.percent",
+            "outside 1–50",
+        ),
+        (
+            "{ mapping: order-to-contact@2, percent: 51 }",
+            "routes[0].canary.percent",
+            "outside 1–50",
+        ),
+        (
+            "{ mapping: order-to-contact@2, percent: 5, by: ordering_key }",
+            "routes[0].canary.by",
+            "ordering_key",
+        ),
+        (
+            "{ mapping: order-to-contact@2, percent: 5, min_events: 0 }",
+            "routes[0].canary.min_events",
+            "at least 1",
+        ),
+        (
+            "{ mapping: order-to-contact@2, percent: 5, margin: -1 }",
+            "routes[0].canary.margin",
+            "between 0 and 100",
+        ),
+    ] {
+        let err = Catalog::from_yaml(&with(canary)).unwrap_err();
+        assert!(
+            err.0
+                .iter()
+                .any(|e| e.path == path && e.message.contains(says)),
+            "{canary}: {err}"
+        );
+    }
+    let typo =
+        Catalog::from_yaml(&with("{ mapping: order-to-contact@2, percentage: 5 }")).unwrap_err();
+    assert!(typo.to_string().contains("percentage"), "{typo}");
+}

@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Auth, Catalog, FieldError, HeaderValue, Provider, ValidationErrors, is_event_type_char, source,
+    Auth, CanaryBy, Catalog, FieldError, HeaderValue, Provider, ValidationErrors,
+    is_event_type_char, source,
 };
 use crate::mapping;
 
@@ -66,6 +67,44 @@ impl Catalog {
                         route.mapping
                     ),
                 );
+            }
+            if let Some(canary) = &route.canary {
+                let at = format!("{at}.canary");
+                if canary.mapping == route.mapping {
+                    fail(
+                        format!("{at}.mapping"),
+                        format!(
+                            "{} is the route's own mapping; a canary tries another version",
+                            canary.mapping
+                        ),
+                    );
+                } else if self.mapping(&canary.mapping).is_none() {
+                    fail(
+                        format!("{at}.mapping"),
+                        format!("no mapping {} is published", canary.mapping),
+                    );
+                }
+                if !(1..=50).contains(&canary.percent) {
+                    fail(
+                        format!("{at}.percent"),
+                        format!("{} is outside 1–50", canary.percent),
+                    );
+                }
+                if canary.by == CanaryBy::OrderingKey && route.ordering_key.is_none() {
+                    fail(
+                        format!("{at}.by"),
+                        "ordering_key needs the route's ordering_key".into(),
+                    );
+                }
+                if canary.min_events == 0 {
+                    fail(format!("{at}.min_events"), "must be at least 1".into());
+                }
+                if !(canary.margin.is_finite() && (0.0..=100.0).contains(&canary.margin)) {
+                    fail(
+                        format!("{at}.margin"),
+                        format!("{} is not between 0 and 100 points", canary.margin),
+                    );
+                }
             }
             if let Some(key) = &route.ordering_key
                 && let Err(err) = mapping::Program::compile(key)
