@@ -227,6 +227,14 @@ async fn a_healthy_canary_is_promoted_while_events_flow() {
         "{shown}"
     );
 
+    let described = syctl_ok(&pipeline, &["describe", "route", "orders"]);
+    assert!(
+        described.contains("status:") && described.contains("state: active"),
+        "{described}"
+    );
+    let described = syctl_ok(&pipeline, &["describe", "mapping", "order-to-contact@2"]);
+    assert!(described.contains("used by routes: orders"), "{described}");
+
     // Events flow while the route is promoted.
     let sender = {
         let jetstream = pipeline.jetstream.clone();

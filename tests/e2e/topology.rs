@@ -18,7 +18,7 @@ async fn running_it_again_changes_nothing_and_updates_what_differs() {
     let js = &connection.jetstream;
 
     let first = ensure_topology(js, &settings.topology).await.unwrap();
-    assert_eq!(first.len(), 10, "4 streams and 6 buckets");
+    assert_eq!(first.len(), 11, "4 streams and 7 buckets");
     assert!(
         first.iter().all(|r| matches!(r, Reconciled::Created(_))),
         "{first:?}"

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 use serde_json::{Value, json};
 use switchyard_proto::{
-    ApplyRequest, DeleteResourceRequest, GetProviderStatusRequest, GetResourceRequest,
-    ListResourcesRequest, Resource, ResourceKind, catalog_service_client::CatalogServiceClient,
-    convert::struct_to_json, provider_service_client::ProviderServiceClient,
+    ApplyRequest, DeleteResourceRequest, GetCanaryRequest, GetProviderStatusRequest,
+    GetResourceRequest, ListResourcesRequest, Resource, ResourceKind,
+    catalog_service_client::CatalogServiceClient, convert::struct_to_json,
+    provider_service_client::ProviderServiceClient, route_service_client::RouteServiceClient,
 };
 
 use crate::{
@@ -15,7 +16,7 @@ use crate::{
     exit::{Failure, usage},
     flags::read,
     output::{Output, Text, action_name, kind_name, yaml},
-    providers,
+    providers, routes,
 };
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -220,9 +221,10 @@ pub async fn describe(connection: Connection, kind: Kind, name: String) -> Resul
     let referred_by: Vec<String> = routes
         .iter()
         .filter(|route| {
+            let spec = route.spec.as_ref().map(struct_to_json).unwrap_or_default();
             !field.is_empty()
-                && route.spec.as_ref().map(struct_to_json).unwrap_or_default()[field]
-                    == name.as_str()
+                && (spec[field] == name.as_str()
+                    || (field == "mapping" && spec["canary"]["mapping"] == name.as_str()))
         })
         .map(|route| route.name.clone())
         .collect();
@@ -235,6 +237,18 @@ pub async fn describe(connection: Connection, kind: Kind, name: String) -> Resul
                 .await?
                 .into_inner(),
         )),
+        ResourceKind::Route => {
+            let canary = RouteServiceClient::new(connection)
+                .get_canary(GetCanaryRequest {
+                    route: name.clone(),
+                })
+                .await;
+            match canary {
+                Ok(canary) => Some(json!({ "canary": routes::to_json(&canary.into_inner()) })),
+                Err(status) if status.code() == tonic::Code::NotFound => None,
+                Err(status) => return Err(status.into()),
+            }
+        }
         _ => None,
     };
 

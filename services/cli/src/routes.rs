@@ -69,8 +69,9 @@ fn results_json(results: Option<&VersionResults>) -> Value {
     })
 }
 
-fn output(status: &CanaryStatus) -> Output {
-    let value = json!({
+/// The canary's status as JSON (also in `syctl describe route`).
+pub(crate) fn to_json(status: &CanaryStatus) -> Value {
+    json!({
         "route": status.route,
         "stable": status.stable,
         "canary": status.canary,
@@ -84,7 +85,11 @@ fn output(status: &CanaryStatus) -> Output {
         "margin": status.margin,
         "stable_results": results_json(status.stable_results.as_ref()),
         "canary_results": results_json(status.canary_results.as_ref()),
-    });
+    })
+}
+
+fn output(status: &CanaryStatus) -> Output {
+    let value = to_json(status);
     let mut text = Text::default();
     text.line(format_args!(
         "route {}: canary {} ({}% by {}) beside {}: {}",
