@@ -176,6 +176,14 @@ async fn a_canary_that_fails_more_is_rolled_back_and_its_events_still_arrive_onc
     // stored event by v1 rather than resent as v2 made them.
     let failed = 1000 - after.len();
     assert!(failed > 0, "some events failed in the canary");
+    // Even with the canary taken off the route first.
+    CatalogServiceClient::new(channel.clone())
+        .apply(switchyard_proto::ApplyRequest {
+            document: catalog(provider.url(), true, "null"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let replayed = syctl_ok(
         &pipeline,
         &["dlq", "replay", "--all", "--route", "orders", "-o", "json"],

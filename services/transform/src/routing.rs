@@ -268,13 +268,15 @@ impl Routing {
             .find(|compiled| compiled.route.name == name)
     }
 
-    /// Whether `mapping` is `route`'s canary and it takes no events now.
+    /// Whether `mapping` is a canary of `route` that was rolled back: not the
+    /// route's own version, and stopped by its record (also after the canary was
+    /// taken off the route).
     pub fn stopped_canary(&self, route: &str, mapping: &str) -> bool {
         self.route(route)
-            .and_then(|compiled| compiled.canary.as_ref())
-            .is_some_and(|canary| {
-                canary.mapping == mapping && self.stopped.stops(route, &canary.canary.mapping)
-            })
+            .is_some_and(|compiled| compiled.mapping != mapping)
+            && mapping
+                .parse::<MappingRef>()
+                .is_ok_and(|mapping| self.stopped.stops(route, &mapping))
     }
 
     /// Every message `event` produces: a delivery or a dead letter per route that
