@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     Error,
     catalog::{Canary, MappingRef},
+    nats::KvChanges,
     shutdown::Shutdown,
     topology,
 };
@@ -209,36 +210,24 @@ impl Stopped {
             .get_key_value(topology::CANARIES_BUCKET)
             .await
             .map_err(Error::nats)?;
-        let client = jetstream.client();
-        let subject = format!("$KV.{}.>", topology::CANARIES_BUCKET);
-        let mut updates = client
-            .subscribe(subject.clone())
-            .await
-            .map_err(Error::nats)?;
+        let mut changes = KvChanges::subscribe(
+            jetstream.client(),
+            format!("$KV.{}.>", topology::CANARIES_BUCKET),
+            RESYNC,
+        )
+        .await?;
         let stopped = Self::default();
         stopped.replace(&records(&bucket).await?);
         let kept = stopped.clone();
         let stop = shutdown.clone();
         shutdown.spawn("canary-watch", async move {
-            let mut resync = tokio::time::interval(RESYNC);
-            resync.tick().await;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok::<(), Error>(()),
-                    update = updates.next() => if update.is_none() {
-                        stop.sleep(Duration::from_secs(1)).await;
-                        match client.subscribe(subject.clone()).await {
-                            Ok(subscription) => updates = subscription,
-                            Err(err) => tracing::warn!(error = %err, "cannot re-subscribe to canary records"),
-                        }
-                    },
-                    _ = resync.tick() => {}
-                }
+            while changes.next(&stop).await {
                 match records(&bucket).await {
                     Ok(records) => kept.replace(&records),
                     Err(err) => tracing::warn!(error = %err, "cannot read the canary records; keeping the last ones"),
                 }
             }
+            Ok::<(), Error>(())
         });
         Ok(stopped)
     }

@@ -91,3 +91,55 @@ pub async fn connect(settings: &NatsSettings, service: &str) -> Result<Nats, Err
         .build(client.clone());
     Ok(Nats { client, jetstream })
 }
+
+/// Changes to KV keys: each write to a key is also a message on
+/// `$KV.<bucket>.<key>`, and a watcher re-reads what it follows on each. Subscribed
+/// before the watcher's first read, so no change slips between the two; a re-read
+/// every `resync` covers notifications lost while the connection was down.
+pub struct KvChanges {
+    client: Client,
+    subject: String,
+    updates: async_nats::Subscriber,
+    resync: tokio::time::Interval,
+}
+
+impl KvChanges {
+    /// Follows `subject` (`$KV.<bucket>.<key>`, or `.>` for every key).
+    pub async fn subscribe(
+        client: Client,
+        subject: String,
+        resync: Duration,
+    ) -> Result<Self, Error> {
+        let updates = client
+            .subscribe(subject.clone())
+            .await
+            .map_err(Error::nats)?;
+        let mut resync = tokio::time::interval(resync);
+        resync.reset();
+        Ok(Self {
+            client,
+            subject,
+            updates,
+            resync,
+        })
+    }
+
+    /// Waits for a change or the next resync; `false` once `stop` is cancelled.
+    pub async fn next(&mut self, stop: &crate::shutdown::Shutdown) -> bool {
+        tokio::select! {
+            () = stop.cancelled() => false,
+            update = futures::StreamExt::next(&mut self.updates) => {
+                if update.is_none() {
+                    tracing::warn!(subject = self.subject, "KV notifications ended; re-subscribing");
+                    stop.sleep(Duration::from_secs(1)).await;
+                    match self.client.subscribe(self.subject.clone()).await {
+                        Ok(subscription) => self.updates = subscription,
+                        Err(err) => tracing::warn!(subject = self.subject, error = %err, "cannot re-subscribe to KV notifications"),
+                    }
+                }
+                !stop.is_shutting_down()
+            }
+            _ = self.resync.tick() => true,
+        }
+    }
+}

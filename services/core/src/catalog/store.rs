@@ -11,11 +11,10 @@ use async_nats::jetstream::{
     self,
     kv::{self, Operation},
 };
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use super::Catalog;
-use crate::{Error, shutdown::Shutdown};
+use crate::{Error, nats::KvChanges, shutdown::Shutdown};
 
 /// KV bucket holding the catalog.
 pub const BUCKET: &str = "switchyard-catalog";
@@ -95,40 +94,24 @@ impl CatalogStore {
 
     /// Follows the catalog: the receiver always holds the latest valid snapshot.
     ///
-    /// Every write to the key is also a message on `$KV.<bucket>.<key>`; the task
-    /// subscribes to that subject before the first read, so no change can slip between
-    /// the two, and re-reads the key on each notification. A re-read every
-    /// [`RESYNC`] covers notifications lost while the connection was down.
+    /// The key is re-read on each of its [`KvChanges`], and every [`RESYNC`].
     pub async fn watch(
         &self,
         shutdown: &Shutdown,
     ) -> Result<watch::Receiver<Arc<Snapshot>>, Error> {
-        let client = self.jetstream.client();
-        let mut updates = client
-            .subscribe(format!("$KV.{BUCKET}.{KEY}"))
-            .await
-            .map_err(Error::nats)?;
+        let mut changes = KvChanges::subscribe(
+            self.jetstream.client(),
+            format!("$KV.{BUCKET}.{KEY}"),
+            RESYNC,
+        )
+        .await?;
         let initial = self.load().await?;
         let mut seen = initial.revision;
         let (sender, receiver) = watch::channel(Arc::new(initial));
         let store = self.clone();
         let stop = shutdown.clone();
         shutdown.spawn("catalog-watch", async move {
-            let mut resync = tokio::time::interval(RESYNC);
-            resync.tick().await;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return Ok::<(), Error>(()),
-                    update = updates.next() => if update.is_none() {
-                        tracing::warn!("catalog notifications ended; re-subscribing");
-                        stop.sleep(Duration::from_secs(1)).await;
-                        match client.subscribe(format!("$KV.{BUCKET}.{KEY}")).await {
-                            Ok(subscription) => updates = subscription,
-                            Err(err) => tracing::warn!(error = %err, "cannot re-subscribe to catalog notifications"),
-                        }
-                    },
-                    _ = resync.tick() => {}
-                }
+            while changes.next(&stop).await {
                 let entry = match store.kv.entry(KEY).await {
                     Ok(Some(entry)) if entry.revision > seen => entry,
                     Ok(_) => continue,
@@ -150,6 +133,7 @@ impl CatalogStore {
                     ),
                 }
             }
+            Ok::<(), Error>(())
         });
         Ok(receiver)
     }
