@@ -12,7 +12,7 @@ mod judge;
 use async_nats::jetstream::{self, kv};
 use switchyard_core::{
     canary::{CanaryRecord, CanaryState, Tally},
-    catalog::{Canary, CanaryBy, CatalogStore, Route},
+    catalog::{Canary, CanaryBy, CatalogStore, Route, Snapshot},
     config::Scope,
     event,
     outcome::{CanaryChange, OutcomeRecord, Record},
@@ -157,6 +157,14 @@ async fn leave(
     Ok(record)
 }
 
+/// `<done> by <who>`, and `: <reason>` when one was given.
+fn done_by(done: &str, by: &str, reason: &str) -> String {
+    match reason.trim() {
+        "" => format!("{done} by {by}"),
+        reason => format!("{done} by {by}: {reason}"),
+    }
+}
+
 fn results(mapping: &str, tally: &Tally) -> VersionResults {
     VersionResults {
         mapping: mapping.to_owned(),
@@ -197,8 +205,9 @@ fn status(route_name: &str, canary: Option<&Canary>, record: &CanaryRecord) -> C
 }
 
 impl RouteApi {
-    /// The route and its canary, which it must have.
-    async fn with_canary(&self, name: &str) -> Result<(Route, Canary, u64), Status> {
+    /// The route and its canary, which it must have, and the catalog they were read
+    /// from.
+    async fn with_canary(&self, name: &str) -> Result<(Route, Canary, Snapshot), Status> {
         let snapshot = self.store.load().await.map_err(ApiError::from)?;
         let route = snapshot
             .catalog
@@ -209,7 +218,7 @@ impl RouteApi {
             .canary
             .clone()
             .ok_or_else(|| Status::failed_precondition(format!("route {name} has no canary")))?;
-        Ok((route, canary, snapshot.revision))
+        Ok((route, canary, snapshot))
     }
 
     /// The route's record for its current canary: the stored one, or a fresh one.
@@ -241,15 +250,13 @@ impl RouteService for RouteApi {
             .catalog
             .route(&name)
             .ok_or_else(|| Status::not_found(format!("no route named {name:?}")))?;
-        let stored = read(&self.records, &name).await?.map(|(record, _)| record);
-        let record = match (&route.canary, stored) {
-            (Some(canary), Some(record)) if record.mapping == canary.mapping => record,
-            (Some(canary), _) => fresh(route, canary),
+        let record = match &route.canary {
+            Some(canary) => self.record(route, canary).await?.0,
             // Promoted or rolled back and since taken off the route: what happened.
-            (None, Some(record)) if record.state != CanaryState::Active => record,
-            (None, _) => {
-                return Err(Status::not_found(format!("route {name} has no canary")));
-            }
+            None => match read(&self.records, &name).await? {
+                Some((record, _)) if record.state != CanaryState::Active => record,
+                _ => return Err(Status::not_found(format!("route {name} has no canary"))),
+            },
         };
         Ok(Response::new(status(&name, route.canary.as_ref(), &record)))
     }
@@ -261,12 +268,8 @@ impl RouteService for RouteApi {
         auth::require(&request, Scope::Admin, "PromoteCanary")?;
         let by = auth::caller(&request);
         let request = request.into_inner();
-        let (route, canary, revision) = self.with_canary(&request.route).await?;
+        let (route, canary, mut snapshot) = self.with_canary(&request.route).await?;
         let (record, record_revision) = self.record(&route, &canary).await?;
-        let mut snapshot = self.store.load().await.map_err(ApiError::from)?;
-        if snapshot.revision != revision {
-            return Err(Status::aborted("the catalog changed meanwhile; try again"));
-        }
         let pinned = snapshot
             .catalog
             .routes
@@ -280,13 +283,10 @@ impl RouteService for RouteApi {
             .validate()
             .map_err(|err| Status::failed_precondition(err.to_string()))?;
         self.store
-            .save(&snapshot.catalog, revision)
+            .save(&snapshot.catalog, snapshot.revision)
             .await
             .map_err(ApiError::from)?;
-        let reason = match request.reason.trim() {
-            "" => format!("promoted by {by}"),
-            reason => format!("promoted by {by}: {reason}"),
-        };
+        let reason = done_by("promoted", &by, &request.reason);
         let record = leave(
             &self.jetstream,
             &self.records,
@@ -312,10 +312,7 @@ impl RouteService for RouteApi {
         if record.state != CanaryState::Active {
             return Ok(Response::new(status(&route.name, Some(&canary), &record)));
         }
-        let reason = match request.reason.trim() {
-            "" => format!("rolled back by {by}"),
-            reason => format!("rolled back by {by}: {reason}"),
-        };
+        let reason = done_by("rolled back", &by, &request.reason);
         let record = leave(
             &self.jetstream,
             &self.records,
