@@ -14,20 +14,20 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let service = Service::start(args.config.as_deref(), "control").await?;
-    let settings = service.settings.clone();
-    let grpc = service
-        .bind(settings.control.listen, "control.listen")
-        .await?;
-    let console = match settings.control.console.listen {
-        Some(address) => Some(service.bind(address, "control.console.listen").await?),
-        None => None,
-    };
-    let listeners = switchyard_control::Listeners { grpc, console };
-    let run = switchyard_control::run(settings, listeners, service.shutdown.clone());
-    service.run(run, Duration::from_secs(30)).await?;
-    Ok(())
+    Service::main(args.config.as_deref(), "control", |service| async move {
+        let settings = service.settings.clone();
+        let grpc = service
+            .bind(settings.control.listen, "control.listen")
+            .await?;
+        let console = match settings.control.console.listen {
+            Some(address) => Some(service.bind(address, "control.console.listen").await?),
+            None => None,
+        };
+        let listeners = switchyard_control::Listeners { grpc, console };
+        let run = switchyard_control::run(settings, listeners, service.shutdown.clone());
+        service.run(run, Duration::from_secs(30)).await?;
+        Ok(())
+    })
 }

@@ -7,7 +7,7 @@
 //! `delivered` record stops a resend when a 2xx was received but its ack was lost.
 
 use crate::{Error, topology};
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, context::PublishAckFuture, kv};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +38,7 @@ pub struct Record {
 #[derive(Clone)]
 pub struct Ledger {
     kv: kv::Store,
+    jetstream: jetstream::Context,
 }
 
 impl Ledger {
@@ -47,7 +48,10 @@ impl Ledger {
             .get_key_value(topology::DELIVERED_BUCKET)
             .await
             .map_err(Error::nats)?;
-        Ok(Self { kv })
+        Ok(Self {
+            kv,
+            jetstream: jetstream.clone(),
+        })
     }
 
     /// The KV key of an idempotency key: a hash, since idempotency keys may hold any
@@ -85,9 +89,22 @@ impl Ledger {
 
     /// Stores the record of `key` and waits until it is stored.
     pub async fn put(&self, key: &str, record: &Record) -> Result<(), Error> {
-        let value = serde_json::to_vec(record).expect("records serialize");
-        self.kv.put(key, value.into()).await.map_err(Error::nats)?;
+        self.send(key, record)
+            .await?
+            .await
+            .map_err(|err| Error::nats_while(format!("delivery record {key}"), err))?;
         Ok(())
+    }
+
+    /// Sends the record of `key` (the KV bucket's put) without waiting: the returned
+    /// future resolves once it is stored. What the same connection sends next (an ack)
+    /// reaches the server after it.
+    pub async fn send(&self, key: &str, record: &Record) -> Result<PublishAckFuture, Error> {
+        let value = serde_json::to_vec(record).expect("records serialize");
+        self.jetstream
+            .publish(format!("$KV.{}.{key}", self.kv.name), value.into())
+            .await
+            .map_err(|err| Error::nats_while(format!("delivery record {key}"), err))
     }
 }
 

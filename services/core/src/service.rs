@@ -21,10 +21,29 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the settings from `config` (and the environment), starts telemetry as
-    /// `name`, listens for signals and serves the admin port.
-    pub async fn start(config: Option<&Path>, name: &'static str) -> Result<Self, Error> {
+    /// A service binary's `main`: loads the settings from `config` (and the
+    /// environment), builds the runtime they ask for (`runtime.worker_threads`), starts
+    /// the service as `name` on it and runs `body` with it.
+    pub fn main<F, Fut, E>(config: Option<&Path>, name: &'static str, body: F) -> Result<(), E>
+    where
+        F: FnOnce(Self) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: From<Error>,
+    {
         let settings = Settings::load(config)?;
+        let runtime = settings.runtime.build().map_err(|err| {
+            Error::Config(format!(
+                "runtime.worker_threads: cannot start the runtime: {err}"
+            ))
+        })?;
+        runtime.block_on(async move {
+            let service = Self::start(settings, name).await?;
+            body(service).await
+        })
+    }
+
+    /// Starts telemetry as `name`, listens for signals and serves the admin port.
+    async fn start(settings: Settings, name: &'static str) -> Result<Self, Error> {
         let telemetry = telemetry::init(&settings.telemetry, name)?;
         let shutdown = Shutdown::new();
         shutdown.listen_for_signals();

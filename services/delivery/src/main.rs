@@ -18,16 +18,18 @@ struct Args {
     provider: Option<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let service = Service::start(args.config.as_deref(), "delivery").await?;
-    let provider = args
-        .provider
-        .or_else(|| service.settings.delivery.provider.clone())
-        .context("no provider given: pass --provider NAME or set SWITCHYARD__DELIVERY__PROVIDER")?;
-    let run =
-        switchyard_delivery::run(service.settings.clone(), provider, service.shutdown.clone());
-    service.run(run, Duration::from_secs(60)).await?;
-    Ok(())
+    Service::main(args.config.as_deref(), "delivery", |service| async move {
+        let provider = args
+            .provider
+            .or_else(|| service.settings.delivery.provider.clone())
+            .context(
+                "no provider given: pass --provider NAME or set SWITCHYARD__DELIVERY__PROVIDER",
+            )?;
+        let run =
+            switchyard_delivery::run(service.settings.clone(), provider, service.shutdown.clone());
+        service.run(run, Duration::from_secs(60)).await?;
+        Ok(())
+    })
 }

@@ -61,21 +61,36 @@ impl Delivery {
         match outcome {
             Outcome::Delivered => {
                 owed.record.delivered = true;
-                let recorded = self.shared.ledger.put(&owed.ledger_key, &owed.record).await;
-                if let Err(err) = &recorded {
-                    tracing::warn!(error = %err, "delivery record not stored; acking anyway");
-                }
-                // With the record stored, a lost ack only brings the message back to be
-                // acked unsent, so the ack need not wait for the server's answer; a
-                // keyed one does, since the next message of its key looks for it.
+                let sent = self
+                    .shared
+                    .ledger
+                    .send(&owed.ledger_key, &owed.record)
+                    .await;
+                // The ack follows the record on the same connection, so the server
+                // reads the record first, and a lost ack only brings the message back
+                // to be acked unsent: the ack need not wait for the record's
+                // confirmation. A keyed one does, since the next message of its key
+                // looks for it.
                 let keyed = headers::get(owed.message.headers.as_ref(), headers::ORDERING_KEY);
-                match (recorded, keyed) {
-                    (Ok(()), None) => {
+                match (sent, keyed) {
+                    (Ok(stored), None) => {
                         if let Err(err) = owed.message.ack().await {
                             tracing::warn!(error = %err, "could not ack; the ledger acks the redelivery");
                         }
+                        if let Err(err) = stored.await {
+                            tracing::warn!(error = %err, "delivery record not stored");
+                        }
                     }
-                    _ => settle(owed.message, AckKind::Ack).await,
+                    (sent, _) => {
+                        let stored = match sent {
+                            Ok(stored) => stored.await.map(drop).map_err(|err| err.to_string()),
+                            Err(err) => Err(err.to_string()),
+                        };
+                        if let Err(err) = stored {
+                            tracing::warn!(error = %err, "delivery record not stored; acking anyway");
+                        }
+                        settle(owed.message, AckKind::Ack).await;
+                    }
                 }
             }
             Outcome::Deferred => {

@@ -49,6 +49,7 @@ impl Targets {
             timeout: Some(provider.timeout),
             connect_timeout: provider.timeout.min(Duration::from_secs(10)),
             redirects: 0,
+            max_in_flight: provider.max_in_flight,
             tls: provider.tls.as_ref(),
             secrets: &self.secrets,
         })?;

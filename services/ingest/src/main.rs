@@ -14,15 +14,15 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let service = Service::start(args.config.as_deref(), "ingest").await?;
-    let settings = service.settings.clone();
-    let listener = service
-        .bind(settings.ingest.listen, "ingest.listen")
-        .await?;
-    let run = switchyard_ingest::run(settings, listener, service.shutdown.clone());
-    service.run(run, Duration::from_secs(30)).await?;
-    Ok(())
+    Service::main(args.config.as_deref(), "ingest", |service| async move {
+        let settings = service.settings.clone();
+        let listener = service
+            .bind(settings.ingest.listen, "ingest.listen")
+            .await?;
+        let run = switchyard_ingest::run(settings, listener, service.shutdown.clone());
+        service.run(run, Duration::from_secs(30)).await?;
+        Ok(())
+    })
 }

@@ -83,6 +83,8 @@ impl Ready {
                         timeout: None,
                         connect_timeout: CONNECT_TIMEOUT,
                         redirects: MAX_REDIRECTS,
+                        // One poll at a time (and its token requests).
+                        max_in_flight: 1,
                         tls: poll.tls.as_ref(),
                         secrets,
                     })

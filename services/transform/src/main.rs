@@ -14,11 +14,11 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let service = Service::start(args.config.as_deref(), "transform").await?;
-    let run = switchyard_transform::run(service.settings.clone(), service.shutdown.clone());
-    service.run(run, Duration::from_secs(30)).await?;
-    Ok(())
+    Service::main(args.config.as_deref(), "transform", |service| async move {
+        let run = switchyard_transform::run(service.settings.clone(), service.shutdown.clone());
+        service.run(run, Duration::from_secs(30)).await?;
+        Ok(())
+    })
 }

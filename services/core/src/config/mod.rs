@@ -40,6 +40,8 @@ pub struct Settings {
     /// Which addresses requests made for the catalog (providers, polled APIs, OAuth2
     /// token endpoints) may go to.
     pub outbound: OutboundSettings,
+    /// The threads each service process runs on.
+    pub runtime: RuntimeSettings,
 }
 
 impl Settings {
@@ -160,6 +162,11 @@ impl Settings {
                 "must be at least 1s",
             ),
             (
+                self.runtime.worker_threads <= 1024,
+                "runtime.worker_threads",
+                "must be 0 (one per CPU) to 1024",
+            ),
+            (
                 self.transform.ack_wait >= Duration::from_secs(1),
                 "transform.ack_wait",
                 "must be at least 1s",
@@ -260,6 +267,27 @@ mod tests {
         assert_eq!(settings.nats.url, "nats://env:4222");
         assert_eq!(settings.ingest.max_body_bytes, 2048);
         assert_eq!(settings.topology.duplicate_window, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_service_runs_on_one_thread_unless_told_otherwise() {
+        let one = Settings::load_from(None, env(&[])).unwrap().runtime;
+        assert_eq!(one.worker_threads, 1);
+        let runtime = one.build().unwrap();
+        assert_eq!(
+            runtime.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let four = Settings::load_from(None, env(&[("SWITCHYARD__RUNTIME__WORKER_THREADS", "4")]))
+            .unwrap()
+            .runtime;
+        assert_eq!(four.build().unwrap().metrics().num_workers(), 4);
+        let err = Settings::load_from(
+            None,
+            env(&[("SWITCHYARD__RUNTIME__WORKER_THREADS", "5000")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("runtime.worker_threads"), "{err}");
     }
 
     #[test]

@@ -30,6 +30,37 @@ impl Default for AdminSettings {
     }
 }
 
+/// The threads a service process runs its work on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Threads that run the service's tasks; 0 means one per CPU the process may use.
+    /// One is the cheapest per event: every hand-over between threads costs a wake-up,
+    /// and a service scales by replicas (see tests/README.md, "Where the CPU goes").
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self { worker_threads: 1 }
+    }
+}
+
+impl RuntimeSettings {
+    /// The tokio runtime these settings ask for: with one thread, the thread that
+    /// calls `block_on` runs every task and polls every socket itself.
+    pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let mut builder = match self.worker_threads {
+            1 => tokio::runtime::Builder::new_current_thread(),
+            _ => tokio::runtime::Builder::new_multi_thread(),
+        };
+        if self.worker_threads > 1 {
+            builder.worker_threads(self.worker_threads);
+        }
+        builder.enable_all().build()
+    }
+}
+
 /// Listeners bind this address unless configured otherwise: nothing is reachable
 /// from the network until a setting says so.
 const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
