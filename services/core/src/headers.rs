@@ -65,17 +65,22 @@ pub fn first_values(headers: Option<&HeaderMap>) -> std::collections::BTreeMap<S
 /// Longest header value Switchyard writes; longer text is cut at a char boundary.
 const MAX_HEADER_VALUE: usize = 1024;
 
-/// Returns the first value of `name`, compared case-insensitively.
+/// Returns the first value of `name`, compared case-insensitively (an exact match
+/// first). One pass over the few headers a message has: `HeaderMap::get` builds a
+/// header name (an allocation) for every lookup, and most lookups are of headers a
+/// message does not carry.
 pub fn get<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
-    let headers = headers?;
-    if let Some(value) = headers.get(name) {
-        return Some(value.as_str());
+    let mut found = None;
+    for (key, values) in headers?.iter() {
+        let key: &str = key.as_ref();
+        if key == name {
+            return values.first().map(|value| value.as_str());
+        }
+        if found.is_none() && key.eq_ignore_ascii_case(name) {
+            found = values.first();
+        }
     }
-    headers
-        .iter()
-        .find(|(key, _)| AsRef::<str>::as_ref(*key).eq_ignore_ascii_case(name))
-        .and_then(|(_, values)| values.first())
-        .map(|value| value.as_str())
+    found.map(|value| value.as_str())
 }
 
 /// Makes arbitrary text safe as a header value: one line, bounded length.
