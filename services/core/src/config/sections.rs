@@ -36,7 +36,7 @@ impl Default for AdminSettings {
 pub struct RuntimeSettings {
     /// Threads that run the service's tasks; 0 means one per CPU the process may use.
     /// One is the cheapest per event: every hand-over between threads costs a wake-up,
-    /// and a service scales by replicas (see tests/README.md, "Where the CPU goes").
+    /// and a service scales by replicas (see tests/README.md, "Wake-ups").
     pub worker_threads: usize,
 }
 
@@ -51,12 +51,14 @@ impl RuntimeSettings {
     /// calls `block_on` runs every task and polls every socket itself.
     pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
         let mut builder = match self.worker_threads {
+            0 => tokio::runtime::Builder::new_multi_thread(),
             1 => tokio::runtime::Builder::new_current_thread(),
-            _ => tokio::runtime::Builder::new_multi_thread(),
+            threads => {
+                let mut builder = tokio::runtime::Builder::new_multi_thread();
+                builder.worker_threads(threads);
+                builder
+            }
         };
-        if self.worker_threads > 1 {
-            builder.worker_threads(self.worker_threads);
-        }
         builder.enable_all().build()
     }
 }
