@@ -61,37 +61,32 @@ impl Delivery {
         match outcome {
             Outcome::Delivered => {
                 owed.record.delivered = true;
-                let sent = self
-                    .shared
-                    .ledger
-                    .send(&owed.ledger_key, &owed.record)
-                    .await;
-                // The ack follows the record on the same connection, so the server
-                // reads the record first, and a lost ack only brings the message back
-                // to be acked unsent: the ack need not wait for the record's
+                // An unkeyed ack follows the record on the same connection, so the
+                // server reads the record first, and a lost ack only brings the message
+                // back to be acked unsent: the ack need not wait for the record's
                 // confirmation. A keyed one does, since the next message of its key
-                // looks for it.
+                // looks for the record.
+                let (ledger, key) = (&self.shared.ledger, &owed.ledger_key);
                 let keyed = headers::get(owed.message.headers.as_ref(), headers::ORDERING_KEY);
-                match (sent, keyed) {
-                    (Ok(stored), None) => {
-                        if let Err(err) = owed.message.ack().await {
-                            tracing::warn!(error = %err, "could not ack; the ledger acks the redelivery");
+                let recorded = match keyed {
+                    None => match ledger.send(key, &owed.record).await {
+                        Ok(stored) => {
+                            if let Err(err) = owed.message.ack().await {
+                                tracing::warn!(error = %err, "could not ack; the ledger acks the redelivery");
+                            }
+                            if let Err(err) = stored.await {
+                                tracing::warn!(error = %err, "delivery record not stored");
+                            }
+                            return;
                         }
-                        if let Err(err) = stored.await {
-                            tracing::warn!(error = %err, "delivery record not stored");
-                        }
-                    }
-                    (sent, _) => {
-                        let stored = match sent {
-                            Ok(stored) => stored.await.map(drop).map_err(|err| err.to_string()),
-                            Err(err) => Err(err.to_string()),
-                        };
-                        if let Err(err) = stored {
-                            tracing::warn!(error = %err, "delivery record not stored; acking anyway");
-                        }
-                        settle(owed.message, AckKind::Ack).await;
-                    }
+                        Err(err) => Err(err),
+                    },
+                    Some(_) => ledger.put(key, &owed.record).await,
+                };
+                if let Err(err) = recorded {
+                    tracing::warn!(error = %err, "delivery record not stored; acking anyway");
                 }
+                settle(owed.message, AckKind::Ack).await;
             }
             Outcome::Deferred => {
                 let delay = answer.retry_after.unwrap_or(HELD_RETRY);
